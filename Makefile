@@ -1,0 +1,46 @@
+# Liaison — developer entry points. Every target builds .venv from nothing if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+
+.PHONY: run test lint typecheck pytest bench install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Strict editable mode builds a link tree that mypy can follow through the package-dir
+# mapping; re-running it picks up newly added modules.
+install: $(PY)
+	$(PY) -m pip install --quiet -e '.[server]' --config-settings editable_mode=strict
+
+install-dev: $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+
+run: install
+	$(BIN)/liaison server run --host 127.0.0.1 --port 8000
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
+	$(BIN)/mypy tests bench
+
+pytest: install-dev
+	$(BIN)/pytest
+
+test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
+	$(BIN)/mypy tests bench
+	$(BIN)/pytest
+
+bench: install-dev
+	$(PY) bench/protocol.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Liaison client package."""
