@@ -177,11 +177,7 @@ class SessionSetup:
         if len(data) != SETUP_LEN:
             raise MalformedData(f"setup block must be {SETUP_LEN} bytes")
         identity, ephemeral, spk_id, kem_id, otk_id, kem_ct = _SETUP.unpack(data)
-        try:
-            ik = IdentityKey(identity)
-        except ValueError as exc:
-            raise MalformedData("setup identity key is not a valid Ed25519 point") from exc
-        return cls(ik, X25519PublicKey(ephemeral), spk_id, kem_id,
+        return cls(IdentityKey(identity), X25519PublicKey(ephemeral), spk_id, kem_id,
                    None if otk_id == NO_ONE_TIME_PREKEY else otk_id, kem_ct)  # fmt: skip
 
 

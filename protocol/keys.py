@@ -97,12 +97,17 @@ class IdentityKey(_PublicBytes):
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
-        # Rejects bytes that are not a curve point, so a bad identity fails at construction.
-        self._x25519 = X25519PublicKey(p.ed25519_public_to_x25519(self._data))
+        self._x25519: X25519PublicKey | None = None
 
     @property
     def x25519(self) -> X25519PublicKey:
-        """The Montgomery (X25519) form, used in the session-setup DH."""
+        """The Montgomery (X25519) form, used in the session-setup DH.
+
+        Computed on first use (the conversion validates the point and costs ~70 µs); raises
+        ``InvalidKey`` when the bytes are not a valid Ed25519 point.
+        """
+        if self._x25519 is None:
+            self._x25519 = X25519PublicKey(p.ed25519_public_to_x25519(self._data))
         return self._x25519
 
     def verify(self, message: bytes, signature: bytes) -> None:

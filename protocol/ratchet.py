@@ -25,6 +25,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from nacl import bindings as _nacl
+from nacl import exceptions as _nacl_exc
+
 from liaison.protocol import primitives as p
 from liaison.protocol.errors import (
     DecryptionError,
@@ -55,6 +58,7 @@ ROOT_INFO = b"Liaison v1 ratchet"
 _COUNTERS = struct.Struct(">II")
 HEADER_LEN = p.X25519_LEN + p.MLKEM768_PUBLIC_LEN + p.MLKEM768_CIPHERTEXT_LEN + _COUNTERS.size
 HEADER_CIPHERTEXT_LEN = HEADER_LEN + p.AEAD_TAG_LEN
+_COUNTERS_AT = HEADER_LEN - _COUNTERS.size
 _MAX_COUNTER = 0xFFFFFFFF
 
 Clock = Callable[[], float]
@@ -302,8 +306,8 @@ class Ratchet:
         s.ns += 1
         nonce = self._rng(p.XCHACHA_NONCE_LEN)
         full_ad = s.ad + ad
-        header_ct = p.xchacha20poly1305_encrypt(s.hks, nonce, header, full_ad)
-        body_ct = p.xchacha20poly1305_encrypt(mk, nonce, plaintext, full_ad + nonce + header_ct)
+        header_ct = bytes(_aead_encrypt(header, full_ad, nonce, s.hks))
+        body_ct = bytes(_aead_encrypt(plaintext, full_ad + nonce + header_ct, nonce, mk))
         return nonce, header_ct, body_ct
 
     # -- decrypt (SPEC.md §7.5) -------------------------------------------------------------
@@ -319,34 +323,37 @@ class Ratchet:
 
         # 1. The current receiving chain: in order, or an earlier skipped key of it.
         if s.hkr is not None:
-            header = _try_header(s.hkr, nonce, header_ct, full_ad)
-            if header is not None:
-                if header.n < s.nr:
-                    return self._from_skipped(s.hkr, header.n, nonce, body_ct, body_ad)
+            plain = _open_header(s.hkr, nonce, header_ct, full_ad)
+            if plain is not None:
+                _pn, n = _COUNTERS.unpack_from(plain, _COUNTERS_AT)
+                if n < s.nr:
+                    return self._from_skipped(s.hkr, n, nonce, body_ct, body_ad)
                 assert s.ckr is not None
-                if header.n == s.nr:  # the common, in-order case: nothing to skip
+                if n == s.nr:  # the common, in-order case: nothing to skip
                     ckr, mk = p.kdf_chain(s.ckr)
-                    plaintext = p.xchacha20poly1305_decrypt(mk, nonce, body_ct, body_ad)
-                    s.ckr, s.nr = ckr, header.n + 1
+                    plaintext = _open_body(mk, nonce, body_ct, body_ad)
+                    s.ckr, s.nr = ckr, n + 1
                     return plaintext
-                new_skipped, ckr = self._skip(s.skipped, s.hkr, s.ckr, s.nr, header.n, now)
+                new_skipped, ckr = self._skip(s.skipped, s.hkr, s.ckr, s.nr, n, now)
                 ckr, mk = p.kdf_chain(ckr)
-                plaintext = p.xchacha20poly1305_decrypt(mk, nonce, body_ct, body_ad)
-                s.skipped, s.ckr, s.nr = new_skipped, ckr, header.n + 1
+                plaintext = _open_body(mk, nonce, body_ct, body_ad)
+                s.skipped, s.ckr, s.nr = new_skipped, ckr, n + 1
                 return plaintext
 
         # 2. A new ratchet step announced under the next header key.
-        header = _try_header(s.nhkr, nonce, header_ct, full_ad)
-        if header is not None:
+        plain = _open_header(s.nhkr, nonce, header_ct, full_ad)
+        if plain is not None:
+            header = Header.decode(plain)
             return self._step_and_decrypt(header, nonce, body_ct, body_ad, now)
 
         # 3. A late message of an older chain whose keys we kept.
         for hk in s.skipped:
             if hk == s.hkr:
                 continue
-            header = _try_header(hk, nonce, header_ct, full_ad)
-            if header is not None:
-                return self._from_skipped(hk, header.n, nonce, body_ct, body_ad)
+            plain = _open_header(hk, nonce, header_ct, full_ad)
+            if plain is not None:
+                _pn, n = _COUNTERS.unpack_from(plain, _COUNTERS_AT)
+                return self._from_skipped(hk, n, nonce, body_ct, body_ad)
         raise DecryptionError()
 
     def _from_skipped(self, hk: bytes, n: int, nonce: bytes, body_ct: bytes, ad: bytes) -> bytes:
@@ -354,7 +361,7 @@ class Ratchet:
         entry = keys.get(n) if keys else None
         if keys is None or entry is None or entry[1] < self._clock() - self.skipped_ttl:
             raise DecryptionError()  # a replay, or a key that expired or was evicted
-        plaintext = p.xchacha20poly1305_decrypt(entry[0], nonce, body_ct, ad)
+        plaintext = _open_body(entry[0], nonce, body_ct, ad)
         del keys[n]
         if not keys:
             del self.state.skipped[hk]
@@ -373,7 +380,7 @@ class Ratchet:
         rk, ckr, nhkr = kdf_rk(s.rk, s.dhs.dh(header.dh), kem_in)
         skipped, ckr = self._skip(skipped, s.nhkr, ckr, 0, header.n, now)
         ckr, mk = p.kdf_chain(ckr)
-        plaintext = p.xchacha20poly1305_decrypt(mk, nonce, body_ct, body_ad)
+        plaintext = _open_body(mk, nonce, body_ct, body_ad)
         # Authenticated: now the sending half of the step, then commit everything.
         dhs = X25519KeyPair.generate(self._rng)
         kems = KemKeyPair.generate(self._rng)
@@ -432,9 +439,22 @@ class Ratchet:
         return fresh, ck
 
 
-def _try_header(hk: bytes, nonce: bytes, header_ct: bytes, ad: bytes) -> Header | None:
+# The hot path calls libsodium's AEAD directly: every key and nonce here is produced by this
+# module with the right length, so the wrappers' length checks would only cost time.
+_aead_encrypt = _nacl.crypto_aead_xchacha20poly1305_ietf_encrypt
+_aead_decrypt = _nacl.crypto_aead_xchacha20poly1305_ietf_decrypt
+
+
+def _open_header(hk: bytes, nonce: bytes, header_ct: bytes, ad: bytes) -> bytes | None:
+    """The header plaintext if ``hk`` authenticates it, else ``None``."""
     try:
-        plain = p.xchacha20poly1305_decrypt(hk, nonce, header_ct, ad)
-    except DecryptionError:
+        return bytes(_aead_decrypt(header_ct, ad, nonce, hk))
+    except _nacl_exc.CryptoError:
         return None
-    return Header.decode(plain)
+
+
+def _open_body(mk: bytes, nonce: bytes, body_ct: bytes, ad: bytes) -> bytes:
+    try:
+        return bytes(_aead_decrypt(body_ct, ad, nonce, mk))
+    except (_nacl_exc.CryptoError, _nacl_exc.ValueError, _nacl_exc.TypeError) as exc:
+        raise DecryptionError() from exc

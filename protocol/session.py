@@ -40,7 +40,7 @@ from liaison.protocol.envelope import (
     Routing,
     SessionSetup,
 )
-from liaison.protocol.errors import MalformedData, StateError, UnsupportedVersion
+from liaison.protocol.errors import InvalidKey, MalformedData, StateError, UnsupportedVersion
 from liaison.protocol.keys import (
     IdentityKey,
     IdentityKeyPair,
@@ -198,8 +198,12 @@ def respond(
     """
     if (setup.one_time_prekey_id is None) != (one_time_prekey is None):
         raise StateError("the one-time prekey must be given exactly when the setup names one")
+    try:
+        peer_x25519 = setup.identity.x25519
+    except InvalidKey as exc:
+        raise MalformedData("the setup's identity key is not a valid Ed25519 point") from exc
     dhs = [
-        signed_prekey.dh(setup.identity.x25519),
+        signed_prekey.dh(peer_x25519),
         own.dh(setup.ephemeral),
         signed_prekey.dh(setup.ephemeral),
     ]
