@@ -187,7 +187,7 @@ def xchacha20poly1305_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: b
     _check_len("XChaCha20-Poly1305 nonce", nonce, XCHACHA_NONCE_LEN)
     try:
         return bytes(_nacl.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))
-    except (_nacl_exc.CryptoError, _nacl_exc.ValueError, _nacl_exc.TypeError) as exc:
+    except (_nacl_exc.CryptoError, ValueError, TypeError) as exc:
         raise DecryptionError() from exc
 
 
@@ -203,7 +203,7 @@ def chacha20poly1305_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, ad: by
     _check_len("ChaCha20-Poly1305 nonce", nonce, CHACHA_NONCE_LEN)
     try:
         return bytes(_nacl.crypto_aead_chacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))
-    except (_nacl_exc.CryptoError, _nacl_exc.ValueError, _nacl_exc.TypeError) as exc:
+    except (_nacl_exc.CryptoError, ValueError, TypeError) as exc:
         raise DecryptionError() from exc
 
 

@@ -449,12 +449,12 @@ def _open_header(hk: bytes, nonce: bytes, header_ct: bytes, ad: bytes) -> bytes 
     """The header plaintext if ``hk`` authenticates it, else ``None``."""
     try:
         return bytes(_aead_decrypt(header_ct, ad, nonce, hk))
-    except _nacl_exc.CryptoError:
+    except (_nacl_exc.CryptoError, ValueError, TypeError):
         return None
 
 
 def _open_body(mk: bytes, nonce: bytes, body_ct: bytes, ad: bytes) -> bytes:
     try:
         return bytes(_aead_decrypt(body_ct, ad, nonce, mk))
-    except (_nacl_exc.CryptoError, _nacl_exc.ValueError, _nacl_exc.TypeError) as exc:
+    except (_nacl_exc.CryptoError, ValueError, TypeError) as exc:
         raise DecryptionError() from exc

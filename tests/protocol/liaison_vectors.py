@@ -32,7 +32,10 @@ from liaison.protocol.keys import (
 )
 from liaison.protocol.session import PrekeyBundle, Session, initiate, respond
 
-VECTOR_FILE = Path(__file__).parent.parent / "vectors" / "liaison" / "session_transcript.json"
+VECTOR_DIR = Path(__file__).parent.parent / "vectors" / "liaison"
+VECTOR_FILE = VECTOR_DIR / "session_transcript.json"
+LINK_VECTOR_FILE = VECTOR_DIR / "link_handshake.json"
+LINK_SEED = b"Liaison v1 link handshake vector"
 EXPIRES_AT = 1_800_000_000
 CLOCK = 1_790_000_000.0
 
@@ -163,6 +166,36 @@ def build(rng: p.RandomBytes, encaps: p.Encapsulate) -> dict[str, Any]:
     }
 
 
+def build_link(rng: p.RandomBytes) -> dict[str, Any]:
+    """A link handshake (Noise IK, prologue "Liaison link v1") and two frames each way."""
+    from liaison.protocol.link import LinkInitiator, LinkResponder
+
+    cell, relay = X25519KeyPair.generate(rng), X25519KeyPair.generate(rng)
+    initiator = LinkInitiator(cell.private_bytes(), bytes(relay.public), rng=rng)
+    responder = LinkResponder(relay.private_bytes(), rng=rng)
+    hello = initiator.write_hello(b"")
+    cell_static, _ = responder.read_hello(hello)
+    assert cell_static == bytes(cell.public)
+    welcome = responder.write_welcome(bytes(range(16)) + (1_790_000_000_000).to_bytes(8, "big"))
+    initiator.read_welcome(welcome)
+    tx, rx = initiator.transport(), responder.transport()
+    frames = [b"\x0c" + bytes(8), b"\x04" + (42).to_bytes(8, "big")]
+    to_relay = [tx.encrypt(f) for f in frames]
+    to_cell = [rx.encrypt(f) for f in frames]
+    assert [rx.decrypt(m) for m in to_relay] == frames
+    assert [tx.decrypt(m) for m in to_cell] == frames
+    return {
+        "cell_static_public": bytes(cell.public).hex(),
+        "relay_static_public": bytes(relay.public).hex(),
+        "hello": hello.hex(),
+        "welcome": welcome.hex(),
+        "handshake_hash": tx.handshake_hash.hex(),
+        "frames": [f.hex() for f in frames],
+        "cell_to_relay": [m.hex() for m in to_relay],
+        "relay_to_cell": [m.hex() for m in to_cell],
+    }
+
+
 def write() -> None:
     seed = b"Liaison v1 session transcript vector"
     recorder = RecordingEncaps()
@@ -179,6 +212,14 @@ def write() -> None:
     }
     VECTOR_FILE.parent.mkdir(parents=True, exist_ok=True)
     VECTOR_FILE.write_text(json.dumps(document, indent=1) + "\n")
+    link = {
+        "description": "Liaison v1 link handshake: Noise_IK_25519_ChaChaPoly_BLAKE2b, prologue "
+        "'Liaison link v1'; rng = SHAKE-256(seed) stream giving, in order, the cell static "
+        "key, the relay static key, the cell ephemeral, the relay ephemeral (SPEC.md §13).",
+        "seed": LINK_SEED.hex(),
+        **build_link(SeededRandom(LINK_SEED)),
+    }
+    LINK_VECTOR_FILE.write_text(json.dumps(link, indent=1) + "\n")
 
 
 if __name__ == "__main__":
