@@ -28,7 +28,6 @@ from liaison.protocol.keys import (
     X25519KeyPair,
 )
 from liaison.protocol.link import LinkInitiator, LinkResponder
-from liaison.protocol.ratchet import Ratchet
 from liaison.protocol.session import PrekeyBundle, Session, initiate, respond
 
 QUICK = "--quick" in sys.argv
@@ -49,9 +48,11 @@ def session_pair() -> tuple[Session, Session]:
         b"B" * 16, b.public, SignedPrekey.create(b, 1, spk), SignedKemPrekey.create(b, 2, kem)
     )
     alice = initiate(a, b"A" * 16, bundle)
-    first = Envelope.decode(alice.seal(ContentType.TEXT, b"hi", message_id=os.urandom(16),
-                                       precedence=Precedence.ROUTINE, expires_at=2**40))  # fmt: skip
-    bob = respond(b, b"B" * 16, b"A" * 16, first.setup, spk, kem, None)  # type: ignore[arg-type]
+    hello = alice.seal(ContentType.TEXT, b"hi", message_id=os.urandom(16),
+                       precedence=Precedence.ROUTINE, expires_at=2**40)  # fmt: skip
+    first = Envelope.decode(hello)
+    assert first.setup is not None
+    bob = respond(b, b"B" * 16, b"A" * 16, first.setup, spk, kem, None)
     bob.open(first)
     reply = bob.seal(ContentType.TEXT, b"ok", message_id=os.urandom(16),
                      precedence=Precedence.ROUTINE, expires_at=2**40)  # fmt: skip
