@@ -17,17 +17,48 @@ Bytes in, bytes or objects out; no sockets, no event loop, no database. Modules:
 The protocol itself is specified in ``SPEC.md`` beside this file.
 """
 
-from liaison.protocol.envelope import Body, ContentType, Envelope, Precedence, Routing
-from liaison.protocol.errors import (
-    DecryptionError,
-    LiaisonError,
-    LocalProtocolError,
-    MalformedData,
-    RemoteProtocolError,
-)
-from liaison.protocol.keys import IdentityKey, IdentityKeyPair
-from liaison.protocol.link import LinkInitiator, LinkResponder, LinkTransport
-from liaison.protocol.session import PrekeyBundle, Session, initiate, respond
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from liaison.protocol.bundle import PrekeyBundle
+    from liaison.protocol.envelope import Body, ContentType, Envelope, Precedence, Routing
+    from liaison.protocol.errors import (
+        DecryptionError,
+        LiaisonError,
+        LocalProtocolError,
+        MalformedData,
+        RemoteProtocolError,
+    )
+    from liaison.protocol.keys import IdentityKey, IdentityKeyPair
+    from liaison.protocol.link import LinkInitiator, LinkResponder, LinkTransport
+    from liaison.protocol.session import Session, initiate, respond
+
+# Exports load their module on first use (PEP 562), so importing one module of the package
+# (the relay imports envelope, frames, bundle, link) never drags in the ratchet.
+_EXPORTS = {
+    "Body": "envelope",
+    "ContentType": "envelope",
+    "DecryptionError": "errors",
+    "Envelope": "envelope",
+    "IdentityKey": "keys",
+    "IdentityKeyPair": "keys",
+    "LiaisonError": "errors",
+    "LinkInitiator": "link",
+    "LinkResponder": "link",
+    "LinkTransport": "link",
+    "LocalProtocolError": "errors",
+    "MalformedData": "errors",
+    "Precedence": "envelope",
+    "PrekeyBundle": "bundle",
+    "RemoteProtocolError": "errors",
+    "Routing": "envelope",
+    "Session": "session",
+    "initiate": "session",
+    "respond": "session",
+}
 
 __all__ = [
     "Body",
@@ -50,3 +81,10 @@ __all__ = [
     "initiate",
     "respond",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'liaison.protocol' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"liaison.protocol.{module}"), name)

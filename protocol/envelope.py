@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from liaison.protocol import primitives as p
 from liaison.protocol.errors import MalformedData, MessageTooLarge, UnsupportedVersion
 from liaison.protocol.keys import IdentityKey, X25519PublicKey
-from liaison.protocol.ratchet import HEADER_CIPHERTEXT_LEN
 
 __all__ = [
     "BUCKETS",
@@ -74,6 +73,11 @@ BUCKETS = (4096, 8192, 16384, 32768, MAX_ENVELOPE)
 MAX_MARKING = 256
 NO_ONE_TIME_PREKEY = 0xFFFFFFFF
 
+# The encrypted ratchet header: dh (32) || kem public (1184) || kem ciphertext (1088) ||
+# pn (4) || n (4), plus the tag. (ratchet.HEADER_CIPHERTEXT_LEN is the same; a test checks it.)
+HEADER_CIPHERTEXT_LEN = (
+    p.X25519_LEN + p.MLKEM768_PUBLIC_LEN + p.MLKEM768_CIPHERTEXT_LEN + 8 + p.AEAD_TAG_LEN
+)
 _ROUTING = struct.Struct(">BB16s16sBQ")
 ROUTING_LEN = _ROUTING.size
 _SETUP = struct.Struct(">32s32sIII1088s")

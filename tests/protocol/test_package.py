@@ -27,11 +27,35 @@ def test_protocol_imports_no_io_modules() -> None:
 
 
 def test_public_api_is_explicit() -> None:
-    """The names exported by ``liaison.protocol`` are exactly those in ``__all__``."""
-    exported = {name for name in vars(liaison.protocol) if not name.startswith("_")}
-    submodules = {"enrollment", "envelope", "errors", "fingerprint", "frames", "keys", "link",
-                  "noise",
-                  "primitives", "ratchet", "session"}  # fmt: skip
-    assert exported - submodules == set(liaison.protocol.__all__)
-    for name in liaison.protocol.__all__:
-        assert getattr(liaison.protocol, name) is not None
+    """``liaison.protocol.__all__`` lists exactly the lazily exported names, and each resolves
+    to the object of the module that defines it."""
+    import importlib
+
+    exports = liaison.protocol._EXPORTS
+    assert liaison.protocol.__all__ == sorted(exports)
+    for name, module in exports.items():
+        defining = importlib.import_module(f"liaison.protocol.{module}")
+        assert getattr(liaison.protocol, name) is getattr(defining, name)
+        assert name in defining.__all__
+
+
+def test_relay_facing_modules_do_not_import_the_ratchet() -> None:
+    """The relay parses envelopes, frames and bundles; none of those modules may pull in the
+    ratchet or session code (the relay stays ignorant of end-to-end sessions)."""
+    code = (
+        "import sys\n"
+        "import liaison.protocol.envelope, liaison.protocol.frames, liaison.protocol.bundle\n"
+        "import liaison.protocol.link, liaison.protocol.enrollment\n"
+        "print(','.join(n for n in ('liaison.protocol.ratchet', 'liaison.protocol.session')"
+        " if n in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_envelope_and_ratchet_agree_on_the_header_size() -> None:
+    from liaison.protocol import envelope, ratchet
+
+    assert envelope.HEADER_CIPHERTEXT_LEN == ratchet.HEADER_CIPHERTEXT_LEN
