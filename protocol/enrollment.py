@@ -110,7 +110,7 @@ class EnrollmentCode:
         return cls(relay_key_fingerprint(relay_static_public), rng(SECRET_LEN))
 
     def text(self) -> str:
-        raw = base64.b32encode(self.relay_fingerprint + self.secret).decode().lower()
+        raw = base64.b32encode(self.relay_fingerprint + self.secret).decode().lower().rstrip("=")
         return CODE_PREFIX + "-".join(raw[i : i + 6] for i in range(0, len(raw), 6))
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The end-to-end envelope and the body inside it (SPEC.md §6).
+"""The end-to-end envelope and the body inside it (SPEC.md §9).
 
 Theory of operation: an envelope is what a cell hands the relay. Its first 43 bytes, the
 *routing header*, are the only part the relay reads (recipient, message id, precedence,

@@ -1,4 +1,4 @@
-"""Link-layer frames: the one message format spoken over a Liaison link (SPEC.md §8 Frames).
+"""Link-layer frames: the one message format spoken over a Liaison link (SPEC.md §10 Frames).
 
 Theory of operation
 -------------------
@@ -397,6 +397,8 @@ class OneTimePrekey:
 
     def __post_init__(self) -> None:
         _check_uint(FrameType.UPLOAD_PREKEYS, "prekey_id", self.prekey_id, 32)
+        if self.prekey_id == 0xFFFFFFFF:  # reserved: "no one-time prekey" in a setup block
+            raise _bad(FrameType.UPLOAD_PREKEYS, "prekey_id", "0xFFFFFFFF is reserved")
         size = X25519_PUBLIC_LEN
         _check_bytes(FrameType.UPLOAD_PREKEYS, "public_key", self.public_key, size, size)
 

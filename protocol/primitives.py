@@ -233,7 +233,7 @@ _CHAIN_PERSON = b"LiaisonChain\x00v1"
 
 
 def kdf_chain(chain_key: bytes) -> tuple[bytes, bytes]:
-    """The symmetric-key ratchet step (SPEC.md §7.2): ``(next_chain_key, message_key)``.
+    """The symmetric-key ratchet step (SPEC.md §8.2): ``(next_chain_key, message_key)``.
 
     ``BLAKE2b-512(key=chain_key, person="LiaisonChain\\0v1", data=0x01)`` split in two halves.
     Keyed BLAKE2b is a PRF (RFC 7693 §2.3), so the halves are independent keys.

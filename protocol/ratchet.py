@@ -66,7 +66,7 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """The plaintext of an encrypted ratchet header (SPEC.md §7.3)."""
+    """The plaintext of an encrypted ratchet header (SPEC.md §8.3)."""
 
     dh: X25519PublicKey
     kem_public: KemPublicKey
@@ -93,7 +93,7 @@ def kdf_rk(root_key: bytes, dh_out: bytes, kem_secret: bytes) -> tuple[bytes, by
 
 @dataclass(slots=True)
 class RatchetState:
-    """All ratchet state variables (SPEC.md §7.1). Serializes to versioned bytes."""
+    """All ratchet state variables (SPEC.md §8.1). Serializes to versioned bytes."""
 
     ad: bytes
     rk: bytes
@@ -117,7 +117,7 @@ class RatchetState:
     def skipped_count(self) -> int:
         return sum(len(keys) for keys in self.skipped.values())
 
-    # -- serialization (SPEC.md §7.6) --------------------------------------------------------
+    # -- serialization (SPEC.md §8.8) --------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         flags = (
@@ -236,7 +236,7 @@ class Ratchet:
         self.skipped_ttl = skipped_ttl
         self._header_prefix: bytes | None = None
 
-    # -- initialisation (SPEC.md §7.4) ------------------------------------------------------
+    # -- initialisation (SPEC.md §8.4) ------------------------------------------------------
 
     @classmethod
     def initiator(
@@ -284,7 +284,7 @@ class Ratchet:
         )  # fmt: skip
         return cls(state, rng=rng, encaps=encaps, clock=clock)
 
-    # -- encrypt (SPEC.md §7.5) -------------------------------------------------------------
+    # -- encrypt (SPEC.md §8.5) -------------------------------------------------------------
 
     def encrypt(self, plaintext: bytes, ad: bytes) -> tuple[bytes, bytes, bytes]:
         """Encrypt one message: ``(header_nonce, header_ciphertext, body_ciphertext)``.
@@ -310,7 +310,7 @@ class Ratchet:
         body_ct = bytes(_aead_encrypt(plaintext, full_ad + nonce + header_ct, nonce, mk))
         return nonce, header_ct, body_ct
 
-    # -- decrypt (SPEC.md §7.5) -------------------------------------------------------------
+    # -- decrypt (SPEC.md §8.6) -------------------------------------------------------------
 
     def decrypt(self, nonce: bytes, header_ct: bytes, body_ct: bytes, ad: bytes) -> bytes:
         """Decrypt one message. On any failure the state is unchanged."""

@@ -1,6 +1,6 @@
 """End-to-end session setup (PQXDH-style) and the session object that seals and opens envelopes.
 
-Theory of operation (SPEC.md §6–§7):
+Theory of operation (SPEC.md §7–§9):
 
 1. A responder (Bob) publishes a ``PrekeyBundle`` through the relay: his identity key, a signed
    X25519 prekey, a signed ML-KEM-768 prekey and, while stock lasts, one one-time prekey.
@@ -68,7 +68,7 @@ _SESSION_VERSION = 1
 def session_ad(
     initiator: IdentityKey, responder: IdentityKey, initiator_cell: bytes, responder_cell: bytes
 ) -> bytes:
-    """``"Liaison" || version || IK_A || IK_B || cell_A || cell_B`` (SPEC.md §6.3)."""
+    """``"Liaison" || version || IK_A || IK_B || cell_A || cell_B`` (SPEC.md §7.3)."""
     for cell in (initiator_cell, responder_cell):
         if len(cell) != CELL_ID_LEN:
             raise MalformedData(f"cell ids are {CELL_ID_LEN} bytes")
@@ -210,7 +210,13 @@ class Session:
         return Envelope(routing, self.pending_setup, nonce, header_ct, body_ct).encode()
 
     def open(self, envelope: Envelope) -> Body:
-        """Decrypt an envelope from this session's peer. On failure the state is unchanged."""
+        """Decrypt an envelope from this session's peer.
+
+        If decryption fails (``DecryptionError`` and the other ratchet errors) the state is
+        unchanged. If the body authenticates but does not parse (``MalformedData``: only the
+        peer itself can produce that), the ratchet has advanced past the message: persist the
+        state, drop the message and acknowledge it (SPEC.md §9.2, M-ENV-7).
+        """
         plaintext = self.ratchet.decrypt(
             envelope.header_nonce,
             envelope.header_ciphertext,
@@ -220,7 +226,7 @@ class Session:
         self.pending_setup = None  # the peer has the session: stop sending the setup block
         return Body.decode(plaintext)
 
-    # -- serialization (SPEC.md §7.6) --------------------------------------------------------
+    # -- serialization (SPEC.md §8.8) --------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         flags = (self.pending_setup is not None) | (self.setup_ephemeral is not None) << 1

@@ -1,4 +1,4 @@
-"""Link-layer frame codecs (SPEC.md §8 Frames): literal vectors, strictness, properties."""
+"""Link-layer frame codecs (SPEC.md §10 Frames): literal vectors, strictness, properties."""
 
 from __future__ import annotations
 
@@ -77,8 +77,8 @@ VECTORS: list[tuple[str, str, Frame]] = [
         "upload-prekeys",
         "07 00000009 0002"
         " 00000001 1111111111111111111111111111111111111111111111111111111111111111"
-        " ffffffff 2222222222222222222222222222222222222222222222222222222222222222",
-        UploadPrekeysFrame(9, (OneTimePrekey(1, KEY_1), OneTimePrekey(0xFFFFFFFF, KEY_2))),
+        " fffffffe 2222222222222222222222222222222222222222222222222222222222222222",
+        UploadPrekeysFrame(9, (OneTimePrekey(1, KEY_1), OneTimePrekey(0xFFFFFFFE, KEY_2))),
     ),
     (
         "upload-prekeys-one",
@@ -125,19 +125,19 @@ def _rest(frame: Frame) -> bytes | None:
 
 
 def test_vectors_cover_every_frame_type() -> None:
-    """SPEC.md §8 Frames: every frame type has at least one literal vector."""
+    """SPEC.md §10 Frames: every frame type has at least one literal vector."""
     assert {type(f).TYPE for _, _, f in VECTORS} == set(FrameType)
 
 
 @pytest.mark.parametrize(("data", "frame"), VECTOR_CASES, ids=VECTOR_IDS)
 def test_decode_literal(data: bytes, frame: Frame) -> None:
-    """SPEC.md §8 Frames: the literal bytes decode to the expected frame object."""
+    """SPEC.md §10 Frames: the literal bytes decode to the expected frame object."""
     assert decode_frame(data) == frame
 
 
 @pytest.mark.parametrize(("data", "frame"), VECTOR_CASES, ids=VECTOR_IDS)
 def test_encode_literal(data: bytes, frame: Frame) -> None:
-    """SPEC.md §8 Frames: the frame object encodes to exactly the literal bytes."""
+    """SPEC.md §10 Frames: the frame object encodes to exactly the literal bytes."""
     assert encode_frame(frame) == data
     assert data[0] == type(frame).TYPE
 
@@ -147,7 +147,7 @@ def test_encode_literal(data: bytes, frame: Frame) -> None:
 
 @pytest.mark.parametrize(("data", "frame"), VECTOR_CASES, ids=VECTOR_IDS)
 def test_every_truncation_rejected(data: bytes, frame: Frame) -> None:
-    """SPEC.md §8 Frames: every prefix shorter than the frame is malformed.
+    """SPEC.md §10 Frames: every prefix shorter than the frame is malformed.
 
     For frames ending in a variable "rest" field, the prefixes that cut into the fixed part or
     leave the rest field empty are malformed (longer prefixes are valid, shorter frames).
@@ -161,7 +161,7 @@ def test_every_truncation_rejected(data: bytes, frame: Frame) -> None:
 
 @pytest.mark.parametrize(("data", "frame"), VECTOR_CASES, ids=VECTOR_IDS)
 def test_trailing_byte_rejected(data: bytes, frame: Frame) -> None:
-    """SPEC.md §8 Frames: one trailing byte is malformed (rest fields: past their maximum)."""
+    """SPEC.md §10 Frames: one trailing byte is malformed (rest fields: past their maximum)."""
     if isinstance(frame, SendFrame):
         data = b"\x01" + b"\x00" * MAX_ENVELOPE
     elif isinstance(frame, DeliverFrame):
@@ -175,20 +175,20 @@ def test_trailing_byte_rejected(data: bytes, frame: Frame) -> None:
 
 @pytest.mark.parametrize("data", ["", "00", "0f", "ff", "0f00000000", "800102"])
 def test_unknown_or_missing_type_rejected(data: str) -> None:
-    """SPEC.md §8 Frames: an empty frame or an unknown type byte is malformed."""
+    """SPEC.md §10 Frames: an empty frame or an unknown type byte is malformed."""
     with pytest.raises(MalformedData, match="frame"):
         decode_frame(bytes.fromhex(data))
 
 
 def test_frame_larger_than_max_frame_rejected() -> None:
-    """SPEC.md §8 Frames: nothing longer than MAX_FRAME is parsed."""
+    """SPEC.md §10 Frames: nothing longer than MAX_FRAME is parsed."""
     assert MAX_FRAME == 65519
     with pytest.raises(MalformedData, match="MAX_FRAME"):
         decode_frame(b"\x01" + b"\x00" * MAX_FRAME)
 
 
 def test_send_envelope_bounds() -> None:
-    """SPEC.md §8 Frames: SEND needs an envelope of 1..MAX_ENVELOPE bytes."""
+    """SPEC.md §10 Frames: SEND needs an envelope of 1..MAX_ENVELOPE bytes."""
     with pytest.raises(MalformedData, match="SEND frame: field 'envelope'"):
         decode_frame(bytes.fromhex("01"))
     assert decode_frame(b"\x01" + b"\xee" * MAX_ENVELOPE) == SendFrame(b"\xee" * MAX_ENVELOPE)
@@ -211,7 +211,7 @@ def test_send_envelope_bounds() -> None:
     ],
 )
 def test_error_reason_bad_utf8_rejected(body: str) -> None:
-    """SPEC.md §8 Frames: an ERROR reason must be valid UTF-8; the bytes are not echoed."""
+    """SPEC.md §10 Frames: an ERROR reason must be valid UTF-8; the bytes are not echoed."""
     with pytest.raises(MalformedData, match="ERROR frame: field 'reason'") as exc:
         decode_frame(bytes.fromhex(f"09 01 78 00 {body}"))
     assert "\\x" not in str(exc.value)
@@ -232,13 +232,13 @@ def test_error_reason_bad_utf8_rejected(body: str) -> None:
     ],
 )
 def test_error_code_charset_and_length(code: str, field: str) -> None:
-    """SPEC.md §8 Frames: an ERROR code is 1..64 characters of [a-z0-9_]."""
+    """SPEC.md §10 Frames: an ERROR code is 1..64 characters of [a-z0-9_]."""
     with pytest.raises(MalformedData, match=f"ERROR frame: field {field}"):
         decode_frame(bytes.fromhex(f"09 {code} 00 0000"))
 
 
 def test_error_length_limits() -> None:
-    """SPEC.md §8 Frames: ERROR ref is at most 32 bytes, reason at most 1024 bytes."""
+    """SPEC.md §10 Frames: ERROR ref is at most 32 bytes, reason at most 1024 bytes."""
     code = "40 " + "61" * 64  # 64 characters: the maximum
     assert decode_frame(bytes.fromhex(f"09 {code} 00 0000")) == ErrorFrame("a" * 64)
     frame = decode_frame(bytes.fromhex("09 01 78 20" + " 00" * 32 + " 0000"))
@@ -256,13 +256,13 @@ def test_error_length_limits() -> None:
 
 @pytest.mark.parametrize("flags", ["02", "03", "80", "ff", "fe"])
 def test_bundle_reserved_flag_bits_rejected(flags: str) -> None:
-    """SPEC.md §8 Frames: BUNDLE flags bits 1..7 are reserved and must be zero."""
+    """SPEC.md §10 Frames: BUNDLE flags bits 1..7 are reserved and must be zero."""
     with pytest.raises(MalformedData, match="BUNDLE frame: field 'flags'"):
         decode_frame(bytes.fromhex(f"06 00000001 {flags} aa"))
 
 
 def test_bundle_size_bounds() -> None:
-    """SPEC.md §8 Frames: a BUNDLE carries 1..8192 bundle bytes."""
+    """SPEC.md §10 Frames: a BUNDLE carries 1..8192 bundle bytes."""
     with pytest.raises(MalformedData, match="'bundle'"):
         decode_frame(bytes.fromhex("06 00000001 00"))
     with pytest.raises(MalformedData, match="'bundle'"):
@@ -274,7 +274,7 @@ def _prekey_entries(count: int) -> str:
 
 
 def test_upload_prekeys_count_bounds() -> None:
-    """SPEC.md §8 Frames: UPLOAD_PREKEYS count is 1..200."""
+    """SPEC.md §10 Frames: UPLOAD_PREKEYS count is 1..200."""
     with pytest.raises(MalformedData, match="UPLOAD_PREKEYS frame: field 'count'"):
         decode_frame(bytes.fromhex("07 00000001 0000"))
     frame = decode_frame(bytes.fromhex("07 00000001 00c8" + _prekey_entries(200)))
@@ -287,7 +287,7 @@ def test_upload_prekeys_count_bounds() -> None:
 
 
 def test_upload_prekeys_count_mismatch() -> None:
-    """SPEC.md §8 Frames: the count must match the number of entries exactly."""
+    """SPEC.md §10 Frames: the count must match the number of entries exactly."""
     with pytest.raises(MalformedData, match="truncated"):
         decode_frame(bytes.fromhex("07 00000001 0002" + _prekey_entries(1)))
     with pytest.raises(MalformedData, match="trailing"):
@@ -295,7 +295,7 @@ def test_upload_prekeys_count_mismatch() -> None:
 
 
 def test_upload_prekeys_duplicate_ids_rejected() -> None:
-    """SPEC.md §8 Frames: prekey ids within one upload are distinct."""
+    """SPEC.md §10 Frames: prekey ids within one upload are distinct."""
     entry = " 00000007 " + "33" * 32
     with pytest.raises(MalformedData, match="duplicate"):
         decode_frame(bytes.fromhex("07 00000001 0002" + entry + entry))
@@ -332,13 +332,13 @@ def test_upload_prekeys_duplicate_ids_rejected() -> None:
     ],
 )
 def test_invalid_frames_cannot_be_built(build: Callable[[], object], match: str) -> None:
-    """SPEC.md §8 Frames: a frame object exists only if it is valid (MalformedData otherwise)."""
+    """SPEC.md §10 Frames: a frame object exists only if it is valid (MalformedData otherwise)."""
     with pytest.raises(MalformedData, match=match):
         build()
 
 
 def test_error_code_enum_stored_as_plain_str() -> None:
-    """SPEC.md §8 Frames: ErrorFrame.code is a str; known_code maps it back to ErrorCode."""
+    """SPEC.md §10 Frames: ErrorFrame.code is a str; known_code maps it back to ErrorCode."""
     frame = ErrorFrame(ErrorCode.QUEUE_FULL, reason="x" * MAX_ERROR_REASON_LEN)
     assert type(frame.code) is str
     assert frame == decode_frame(encode_frame(frame))
@@ -347,7 +347,7 @@ def test_error_code_enum_stored_as_plain_str() -> None:
 
 
 def test_error_messages_do_not_echo_bytes() -> None:
-    """SPEC.md §8 Frames: errors name frame and field, never the offending bytes."""
+    """SPEC.md §10 Frames: errors name frame and field, never the offending bytes."""
     secret = b"\x9f\x8e" * 8
     with pytest.raises(MalformedData) as exc:
         decode_frame(b"\x03" + b"\x00" * 8 + secret[:15])
@@ -361,7 +361,7 @@ def test_error_messages_do_not_echo_bytes() -> None:
 
 
 def test_close_codes_complete_distinct_and_private() -> None:
-    """SPEC.md §8 Frames: every ErrorCode has one distinct close code in 4000..4999."""
+    """SPEC.md §10 Frames: every ErrorCode has one distinct close code in 4000..4999."""
     assert set(CLOSE_CODES) == set(ErrorCode)
     assert len(set(CLOSE_CODES.values())) == len(CLOSE_CODES)
     assert all(4000 <= code <= 4999 for code in CLOSE_CODES.values())
@@ -378,7 +378,7 @@ _u64 = st.integers(0, 2**64 - 1)
 _envelopes = st.binary(min_size=1, max_size=MAX_ENVELOPE)
 _opaque = st.binary(min_size=8, max_size=8)
 _prekeys = st.lists(
-    st.builds(OneTimePrekey, _u32, st.binary(min_size=32, max_size=32)),
+    st.builds(OneTimePrekey, st.integers(0, 2**32 - 2), st.binary(min_size=32, max_size=32)),
     min_size=1,
     max_size=MAX_PREKEYS_PER_UPLOAD,
     unique_by=lambda p: p.prekey_id,
@@ -419,7 +419,7 @@ def _decodes_canonically_or_rejects(data: bytes) -> None:
 
 
 def test_strategies_cover_every_frame_type() -> None:
-    """SPEC.md §8 Frames: the property tests generate every frame type."""
+    """SPEC.md §10 Frames: the property tests generate every frame type."""
     assert set(STRATEGIES) == set(FrameType)
 
 
@@ -427,7 +427,7 @@ def test_strategies_cover_every_frame_type() -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_round_trip(frame_type: FrameType, data: st.DataObject) -> None:
-    """SPEC.md §8 Frames: decode(encode(frame)) == frame for generated valid frames."""
+    """SPEC.md §10 Frames: decode(encode(frame)) == frame for generated valid frames."""
     frame = data.draw(STRATEGIES[frame_type])
     wire = encode_frame(frame)
     assert wire[0] == frame_type
@@ -438,21 +438,21 @@ def test_round_trip(frame_type: FrameType, data: st.DataObject) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2000))
 def test_arbitrary_bytes_rejected_or_canonical(data: bytes) -> None:
-    """SPEC.md §8 Frames: arbitrary bytes raise only MalformedData or decode canonically."""
+    """SPEC.md §10 Frames: arbitrary bytes raise only MalformedData or decode canonically."""
     _decodes_canonically_or_rejects(data)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(list(FrameType)), st.binary(max_size=2000))
 def test_typed_garbage_rejected_or_canonical(frame_type: FrameType, body: bytes) -> None:
-    """SPEC.md §8 Frames: a known type byte followed by garbage parses strictly."""
+    """SPEC.md §10 Frames: a known type byte followed by garbage parses strictly."""
     _decodes_canonically_or_rejects(bytes([frame_type]) + body)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_any_frame, st.data())
 def test_mutated_frames_rejected_or_canonical(frame: Frame, data: st.DataObject) -> None:
-    """SPEC.md §8 Frames: a valid frame with one byte changed, cut or added parses strictly."""
+    """SPEC.md §10 Frames: a valid frame with one byte changed, cut or added parses strictly."""
     wire = bytearray(encode_frame(frame))
     index = data.draw(st.integers(0, len(wire)))
     action = data.draw(st.sampled_from(["replace", "delete", "insert"]))
@@ -465,3 +465,13 @@ def test_mutated_frames_rejected_or_canonical(frame: Frame, data: st.DataObject)
         else:
             wire[index] = byte
     _decodes_canonically_or_rejects(bytes(wire))
+
+
+def test_upload_prekeys_reserved_id_refused() -> None:
+    """SPEC.md §10, M-FRM-4: prekey id 0xFFFFFFFF means "none" in a setup block, so it can
+    never be uploaded, built or decoded."""
+    with pytest.raises(MalformedData, match="reserved"):
+        OneTimePrekey(0xFFFFFFFF, KEY_1)
+    data = bytes.fromhex("07 00000009 0001 ffffffff".replace(" ", "")) + bytes.fromhex("11" * 32)
+    with pytest.raises(MalformedData, match="reserved"):
+        decode_frame(data)
