@@ -248,7 +248,11 @@ class Body:
     def __post_init__(self) -> None:
         if not 0 <= self.seq < 2**64 or not 0 <= self.sent_at_ms < 2**64:
             raise MalformedData("sequence number and timestamp must be unsigned 64-bit")
-        if len(self.marking.encode()) > MAX_MARKING:
+        try:
+            encoded = self.marking.encode()
+        except UnicodeEncodeError:
+            raise MalformedData("marking is not encodable as UTF-8") from None
+        if len(encoded) > MAX_MARKING:
             raise MalformedData(f"marking is longer than {MAX_MARKING} bytes")
 
     def encode(self, kind: EnvelopeKind) -> bytes:
