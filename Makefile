@@ -19,6 +19,7 @@ install-dev: $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 
 run: install
+	$(BIN)/liaison server db upgrade
 	$(BIN)/liaison server run --host 127.0.0.1 --port 8000
 
 lint: install-dev
@@ -41,6 +42,7 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/protocol.py
+	$(PY) bench/relay.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

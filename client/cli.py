@@ -17,18 +17,33 @@ def main() -> None:
     """Liaison: end-to-end-encrypted messaging between liaison cells."""
 
 
-@main.group()
-def server() -> None:
-    """Run and administer a relay (needs the [server] extra)."""
+def _server_group() -> click.Group:
+    """``liaison server ...`` lives in the relay package; the client install works without it."""
+    try:
+        from liaison.server.cli import server
+    except ImportError as exc:
+        missing = exc.name or "a server dependency"
+
+        @click.group(
+            "server", invoke_without_command=True, context_settings={"ignore_unknown_options": True}
+        )
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            """Run and administer a relay (needs the [server] extra)."""
+            click.echo(
+                f"liaison: the relay is not installed ({missing} is missing); "
+                "install it with: pip install 'liaison-relay[server]'",
+                err=True,
+            )
+            sys.exit(EXIT_NOT_AVAILABLE)
+
+        return unavailable
+    return server
 
 
-@server.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-def server_run(host: str, port: int) -> None:
-    """Start the relay."""
-    click.echo(
-        f"liaison: the relay ({host}:{port}) is not implemented yet; it arrives with issue #3",
-        err=True,
-    )
-    sys.exit(EXIT_NOT_AVAILABLE)
+main.add_command(_server_group(), "server")
+
+
+from .admin_cli import admin  # noqa: E402 - registered last, after the groups above
+
+main.add_command(admin)

@@ -1,0 +1,106 @@
+"""The relay application factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from liaison.protocol.enrollment import EnrollmentCode, secret_hash
+from liaison.protocol.keys import X25519KeyPair
+
+from .admin import build_admin_router
+from .db import create_engine
+from .link import build_link_router
+from .migrate import check_schema
+from .problems import install_problem_handlers
+from .relay import Relay
+from .relay_key import load_or_create
+from .settings import Settings
+from .writer import GroupCommitWriter
+
+__all__ = ["RelayHooks", "create_app"]
+
+log = logging.getLogger("liaison.server")
+
+
+class RelayHooks:
+    """What the admin API calls into: enrollment codes and status-change notifications."""
+
+    def __init__(self, relay: Relay, relay_key: X25519KeyPair) -> None:
+        self._relay = relay
+        self._relay_public = bytes(relay_key.public)
+
+    def new_enrollment_code(self) -> tuple[str, bytes]:
+        code = EnrollmentCode.generate(self._relay_public)
+        return code.text(), secret_hash(code.secret)
+
+    async def on_cell_status(self, cell_id: bytes, status: str, peers: list[bytes]) -> None:
+        await self._relay.on_cell_status(cell_id, status, peers)
+
+    async def on_channels_changed(self) -> None:
+        await self._relay.directory_changed()
+
+
+def create_app(
+    settings: Settings | None = None, *, relay_key: X25519KeyPair | None = None
+) -> FastAPI:
+    """Build the relay. The relay key is loaded (or created) from ``settings.key_file`` unless
+    given; the database must already be migrated to head (``liaison server db upgrade``)."""
+    settings = settings or Settings()
+    if relay_key is None:
+        relay_key, _created = load_or_create(settings.key_file)
+    engine = create_engine(settings.database_url)
+    writer = GroupCommitWriter(engine, settings.commit_batch_max)
+    relay = Relay(settings, engine, writer)
+    hooks = RelayHooks(relay, relay_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await check_schema(engine)
+        writer.start()
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(relay.run_expiry(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await sweeper
+            await writer.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Liaison relay",
+        version="1",
+        summary="End-to-end-encrypted store-and-forward relay for liaison cells",
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.include_router(build_link_router(relay, relay_key))
+    app.include_router(
+        build_admin_router(engine, hooks, code_ttl_seconds=settings.enrollment_code_ttl_seconds),
+        prefix="/admin",
+    )
+
+    @app.get("/healthz", tags=["health"], summary="The process is alive")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "connections": len(relay.hub)}
+
+    @app.get("/readyz", tags=["health"], summary="The database is reachable")
+    async def readyz() -> JSONResponse:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
+        return JSONResponse({"status": "ok", "database": "reachable"})
+
+    return app

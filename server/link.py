@@ -1,0 +1,283 @@
+"""HTTP and WebSocket routes of the link layer: ``/v1/link``, ``/v1/enroll``, ``/v1/relay``.
+
+Theory of operation: these routes only translate between the network and the sans-I/O
+protocol objects. ``/v1/link`` runs the Noise IK handshake (the relay learns the cell's static
+key from the hello and accepts only active, enrolled cells) and then hands the socket to a
+:class:`~liaison.server.relay.Connection`. ``/v1/enroll`` runs the one-round-trip enrollment
+handshake over a plain POST (SPEC.md §5.4): the request body is Noise message 1 and the
+response body is message 2, so neither the code's secret nor the answer can be read or
+forged on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, WebSocket
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from liaison.protocol import frames as f
+from liaison.protocol.enrollment import (
+    EnrollError,
+    EnrollmentResponder,
+    EnrollRequest,
+    EnrollResponse,
+    secret_hash,
+)
+from liaison.protocol.errors import BadSignature, LiaisonError
+from liaison.protocol.keys import X25519KeyPair
+from liaison.protocol.link import LinkResponder
+
+from . import directory
+from .dialect import write_transaction
+from .problems import Problem, ProblemCode
+from .relay import Connection, Relay, SocketLike
+from .relay_key import fingerprint_text
+from .schema import audit_log, cells, enrollment_codes, one_time_prekeys, signed_prekeys
+
+__all__ = ["StarletteSocket", "build_link_router"]
+
+log = logging.getLogger("liaison.link")
+MAX_ENROLL_BODY = 96 + 16 + 4096 + 200 * 36
+
+
+class StarletteSocket(SocketLike):
+    """``SocketLike`` over a Starlette WebSocket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self._closed = False
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def receive_message(self) -> bytes | None:
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            self._closed = True
+            return None
+        data = message.get("bytes")
+        return data if data is not None else b""  # a text message fails to decrypt
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # already closed by the peer
+            await self.ws.close(code, reason)
+
+
+def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
+    router = APIRouter()
+    settings = relay.settings
+
+    @router.get("/v1/relay", tags=["link"], summary="The relay's static link key")
+    async def relay_info() -> dict[str, Any]:
+        """The relay's Noise static public key. Cells accept it only if it matches the
+        fingerprint in their enrollment code."""
+        return {
+            "static_key": bytes(relay_key.public).hex(),
+            "fingerprint": fingerprint_text(relay_key),
+            "protocol_version": 1,
+        }
+
+    @router.post(
+        "/v1/enroll",
+        tags=["link"],
+        summary="Enroll a cell (Noise IK message 1 in, message 2 out)",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def enroll(request: Request) -> Response:
+        body = await request.body()
+        if not 96 <= len(body) <= MAX_ENROLL_BODY:
+            raise Problem(
+                ProblemCode.BAD_REQUEST,
+                "the body must be one enrollment handshake message",
+                title="Bad enrollment message",
+            )
+        responder = EnrollmentResponder(relay_key.private_bytes())
+        try:
+            link_key, enroll_request = responder.read(body)
+        except LiaisonError as exc:
+            raise Problem(
+                ProblemCode.BAD_REQUEST,
+                "the message was not encrypted to this relay's key, or is "
+                "malformed: check the enrollment code",
+                title="Enrollment handshake failed",
+            ) from exc
+        answer = await _enroll(relay, link_key, enroll_request)
+        return Response(responder.answer(answer), media_type="application/octet-stream")
+
+    @router.websocket("/v1/link")
+    async def link(ws: WebSocket) -> None:
+        if relay.unauthenticated >= settings.max_unauthenticated:
+            await ws.close(1013, "too many unauthenticated connections")
+            return
+        await ws.accept()
+        socket = StarletteSocket(ws)
+        relay.unauthenticated += 1
+        try:
+            conn = await _handshake(relay, relay_key, socket)
+        finally:
+            relay.unauthenticated -= 1
+        if conn is None:
+            return
+        relay.hub.register(conn)
+        relay.metrics.connections += 1
+        await conn.run()
+
+    return router
+
+
+async def _handshake(
+    relay: Relay, relay_key: X25519KeyPair, socket: StarletteSocket
+) -> Connection | None:
+    settings = relay.settings
+    try:
+        hello = await asyncio.wait_for(socket.receive_message(), settings.handshake_timeout_seconds)
+    except TimeoutError:
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], "handshake timeout")
+        return None
+    if hello is None:
+        return None
+    responder = LinkResponder(relay_key.private_bytes())
+    try:
+        cell_key, _payload = responder.read_hello(hello)
+    except LiaisonError:
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "handshake failed")
+        return None
+    cell = await directory.cell_by_link_key(relay.engine, cell_key)
+    refusal = _refusal(cell)
+    # Complete the handshake even to refuse: the ERROR frame is then authenticated, where a
+    # bare close code could be forged by anyone on the path (SPEC.md M-LINK-4).
+    cell_id = cell.id if cell is not None else bytes(16)
+    welcome = responder.write_welcome(cell_id + int(time.time() * 1000).to_bytes(8, "big"))
+    await socket.send_bytes(welcome)
+    transport = responder.transport()
+    if refusal is not None or cell is None:
+        code = refusal or f.ErrorCode.NOT_ENROLLED
+        relay.metrics.refuse(code)
+        error = f.ErrorFrame(code, reason=f"this cell is {code.value.replace('_', ' ')}")
+        await socket.send_bytes(transport.encrypt(f.encode_frame(error)))
+        await socket.close(f.CLOSE_CODES[code], code.value)
+        return None
+    # A hello can be replayed by anyone who recorded it, so the link only counts as the cell's
+    # once the cell proves it holds the session keys: its first transport message must
+    # decrypt (SPEC.md M-LINK-9). The PING invites one.
+    await socket.send_bytes(transport.encrypt(f.encode_frame(f.PingFrame(os.urandom(8)))))
+    try:
+        first = await asyncio.wait_for(socket.receive_message(), settings.handshake_timeout_seconds)
+    except TimeoutError:
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], "no first frame")
+        return None
+    if first is None:
+        return None
+    try:
+        first_frame = f.decode_frame(transport.decrypt(first))
+    except LiaisonError:
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "bad first frame")
+        return None
+    await relay.load_cell(cell.id)
+    return Connection(relay, socket, transport, cell, first_frame=first_frame)
+
+
+def _refusal(cell: directory.CellRecord | None) -> f.ErrorCode | None:
+    if cell is None or cell.status == directory.CellStatus.PENDING:
+        return f.ErrorCode.NOT_ENROLLED
+    return {
+        directory.CellStatus.SUSPENDED: f.ErrorCode.SUSPENDED,
+        directory.CellStatus.REVOKED: f.ErrorCode.REVOKED,
+    }.get(cell.status)
+
+
+async def _enroll(relay: Relay, link_key: bytes, request: EnrollRequest) -> EnrollResponse:
+    try:
+        request.verify(link_key)
+    except BadSignature:
+        return EnrollResponse(error=EnrollError.BAD_SIGNATURE)
+    now_ms = int(time.time() * 1000)
+    try:
+        async with write_transaction(relay.engine) as conn:
+            return await _redeem(conn, link_key, request, now_ms)
+    except IntegrityError:
+        return EnrollResponse(error=EnrollError.LINK_KEY_IN_USE)
+
+
+async def _redeem(
+    conn: AsyncConnection, link_key: bytes, request: EnrollRequest, now_ms: int
+) -> EnrollResponse:
+    code = (
+        await conn.execute(
+            select(enrollment_codes).where(
+                enrollment_codes.c.secret_hash == secret_hash(request.secret)
+            )
+        )
+    ).first()
+    if code is None:
+        return EnrollResponse(error=EnrollError.BAD_CODE)
+    if code.used_at_ms is not None:
+        return EnrollResponse(error=EnrollError.CODE_USED)
+    if code.expires_at_ms <= now_ms:
+        return EnrollResponse(error=EnrollError.CODE_EXPIRED)
+    cell = await directory.cell_by_id(conn, bytes(code.cell_id))
+    if cell is None or cell.status != directory.CellStatus.PENDING:
+        return EnrollResponse(error=EnrollError.CELL_NOT_PENDING)
+    # Burn the code first, guarded so two concurrent redemptions cannot both succeed.
+    burned = await conn.execute(
+        update(enrollment_codes)
+        .where(enrollment_codes.c.id == code.id, enrollment_codes.c.used_at_ms.is_(None))
+        .values(used_at_ms=now_ms)
+    )
+    if burned.rowcount != 1:
+        return EnrollResponse(error=EnrollError.CODE_USED)
+    await conn.execute(
+        update(cells)
+        .where(cells.c.id == cell.id)
+        .values(
+            status="active",
+            identity_key=bytes(request.identity),
+            link_key=link_key,
+            enrolled_at_ms=now_ms,
+            status_changed_at_ms=now_ms,
+        )
+    )
+    spk, kem = request.signed_prekey, request.kem_prekey
+    await conn.execute(
+        insert(signed_prekeys).values(
+            cell_id=cell.id,
+            spk_id=spk.prekey_id,
+            spk_public=bytes(spk.public),
+            spk_signature=spk.signature,
+            kem_id=kem.prekey_id,
+            kem_public=bytes(kem.public),
+            kem_signature=kem.signature,
+            updated_at_ms=now_ms,
+        )
+    )
+    if request.one_time_prekeys:
+        await conn.execute(
+            insert(one_time_prekeys),
+            [
+                {"cell_id": cell.id, "prekey_id": k.prekey_id, "public": bytes(k.public)}
+                for k in request.one_time_prekeys
+            ],
+        )
+    await conn.execute(
+        insert(audit_log).values(
+            at_ms=now_ms,
+            actor="enrollment",
+            action="cell.enroll",
+            target=cell.name,
+            detail=f'{{"one_time_prekeys": {len(request.one_time_prekeys)}}}',
+        )
+    )
+    log.info("cell enrolled: %s", cell.name)
+    return EnrollResponse(cell_id=cell.id, name=cell.name)

@@ -1,0 +1,548 @@
+"""The relay's logic: authenticated cell connections, store-and-forward, delivery order.
+
+Theory of operation
+-------------------
+Layering is routes -> relay -> store. ``link.py`` turns a WebSocket into a
+:class:`Connection` once the Noise handshake has authenticated an active cell; from then on
+everything here works on plaintext frames (``liaison.protocol.frames``) and never on
+end-to-end content: envelopes are opaque bytes whose routing header alone is read.
+
+Per connection there are three coroutines and no task per message:
+
+* the **reader** decrypts and dispatches frames. A SEND is validated (paired recipient, bucket
+  size, sane expiry) and handed to the group-commit writer with a callback; the ACCEPTED frame
+  is queued only when the batch holding the envelope has committed (durable before ack);
+* the **writer** drains the outgoing queue, encrypting each frame with the link transport in
+  order (the Noise nonce sequence requires a single writer);
+* the **pump** delivers queued envelopes: first the backlog from the store, page by page in
+  precedence order (FLASH, IMMEDIATE, PRIORITY, ROUTINE; FIFO by relay sequence within one),
+  then whatever arrives live. Envelopes accepted while the recipient is online are pushed to it
+  straight from memory; a page boundary lets a newly arrived FLASH pre-empt a ROUTINE backlog.
+  An envelope is deleted only when the recipient ACKs it; unacknowledged ones are delivered
+  again on the next connection.
+
+The :class:`Hub` holds at most one live connection per cell: a newer authenticated connection
+replaces the old one, which is told ``replaced`` and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from liaison.protocol import frames as f
+from liaison.protocol.bundle import PrekeyBundle
+from liaison.protocol.envelope import MAX_ENVELOPE, Routing
+from liaison.protocol.errors import LiaisonError, MalformedData
+from liaison.protocol.keys import (
+    IdentityKey,
+    KemPublicKey,
+    OneTimePrekey,
+    SignedKemPrekey,
+    SignedPrekey,
+    X25519PublicKey,
+)
+from liaison.protocol.link import LinkTransport
+
+from . import directory, store
+from .directory import CellStatus
+from .settings import Settings
+from .writer import GroupCommitWriter, QueueFull
+
+__all__ = ["Connection", "Hub", "Relay", "SocketLike"]
+
+log = logging.getLogger("liaison.relay")
+
+PAGE = 256  # envelopes per backlog query
+OUTGOING_MAX = 4096  # frames queued to one connection before it counts as a slow consumer
+
+
+class SocketLike:
+    """What a connection needs from a WebSocket (Starlette's, or a test double)."""
+
+    async def send_bytes(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def receive_message(self) -> bytes | None:  # pragma: no cover - interface
+        """The next binary message, or None when the peer closed."""
+        raise NotImplementedError
+
+    async def close(self, code: int, reason: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class _Delivery:
+    seq: int
+    precedence: int
+    frame: bytes
+
+
+@dataclass(slots=True)
+class Metrics:
+    connections: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    delivered: int = 0
+    acked: int = 0
+    expired: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
+
+
+class Connection:
+    """One authenticated cell link."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        socket: SocketLike,
+        transport: LinkTransport,
+        cell: directory.CellRecord,
+        *,
+        first_frame: f.Frame | None = None,
+    ) -> None:
+        self._first_frame = first_frame
+        self.relay = relay
+        self.socket = socket
+        self.transport = transport
+        self.cell = cell
+        self.cell_id = cell.id
+        self._out: asyncio.Queue[bytes | None] = asyncio.Queue(OUTGOING_MAX)
+        self._live: list[tuple[int, int, bytes]] = []  # heap of (precedence, seq, frame)
+        self._live_overflow = False
+        self._sent: set[int] = set()  # delivered, not yet acknowledged
+        self._wake = asyncio.Event()
+        self._closing: tuple[int, str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the link until either side closes it."""
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"writer-{self.cell.name}"),
+            asyncio.create_task(self._pump(), name=f"pump-{self.cell.name}"),
+        ]
+        try:
+            await self._greet()
+            if self._first_frame is not None:
+                self._dispatch(self._first_frame)
+            await self._reader()
+        finally:
+            self.relay.hub.unregister(self)
+            writer = self._tasks[0]
+            if self._closing is not None and not writer.done():
+                # Let the writer flush the ERROR frame that explains the close.
+                with contextlib.suppress(TimeoutError, asyncio.QueueFull):
+                    self._out.put_nowait(None)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(writer), 2.0)
+            for task in self._tasks:
+                task.cancel()
+            # Acks from this link are durable before the link counts as closed, so a quick
+            # reconnect is never handed an envelope it already acknowledged.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.writer.flush(), 5.0)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            code, reason = self._closing or (1000, "bye")
+            with contextlib.suppress(Exception):
+                await self.socket.close(code, reason)
+
+    def close(self, code: f.ErrorCode, reason: str) -> None:
+        """Send an ERROR frame with ``code``, then close with its WebSocket close code."""
+        if self._closing is not None:
+            return
+        self.send(f.ErrorFrame(code, reason=reason))
+        self._closing = (f.CLOSE_CODES[code], reason[:120])
+        with contextlib.suppress(asyncio.QueueFull):
+            self._out.put_nowait(None)
+        self._wake.set()
+
+    def send(self, frame: f.Frame) -> None:
+        self.send_encoded(f.encode_frame(frame))
+
+    def send_encoded(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        try:
+            self._out.put_nowait(data)
+        except asyncio.QueueFull:
+            self._closing = (f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED], "slow consumer")
+            self._wake.set()
+
+    async def _writer(self) -> None:
+        encrypt = self.transport.encrypt
+        send = self.socket.send_bytes
+        while True:
+            data = await self._out.get()
+            if data is None:
+                break
+            await send(encrypt(data))
+        # Closing: make the reader return so run() can finish.
+        await self.socket.close(*(self._closing or (1000, "bye")))
+
+    async def _greet(self) -> None:
+        notices = await store.take_expiry_notices(self.relay.engine, self.cell_id)
+        for _sender, message_id, recipient in notices:
+            self.send(f.ExpiredFrame(message_id, recipient))
+        remaining = await store.one_time_prekey_count(self.relay.engine, self.cell_id)
+        if remaining < self.relay.settings.prekeys_low_threshold:
+            self.send(f.PrekeysLowFrame(remaining))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        decrypt = self.transport.decrypt
+        settings = self.relay.settings
+        idle, interval = settings.idle_timeout_seconds, settings.ping_interval_seconds
+        last_heard = time.monotonic()
+        while self._closing is None:
+            try:
+                message = await asyncio.wait_for(self.socket.receive_message(), min(interval, idle))
+            except TimeoutError:
+                if time.monotonic() - last_heard >= idle:
+                    self.close(f.ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
+                    return
+                self.send(f.PingFrame(os.urandom(8)))  # a live cell answers with PONG
+                continue
+            last_heard = time.monotonic()
+            if message is None:
+                return
+            try:
+                frame = f.decode_frame(decrypt(message))
+            except MalformedData as exc:
+                if self.transport.is_failed:
+                    self._closing = (f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "bad transport")
+                    return
+                self.relay.metrics.refuse(f.ErrorCode.MALFORMED_FRAME)
+                self.send(f.ErrorFrame(f.ErrorCode.MALFORMED_FRAME, reason=str(exc)[:200]))
+                continue
+            except LiaisonError:
+                # A transport message that does not decrypt: the link cannot resynchronise.
+                self._closing = (f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "bad transport")
+                return
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: f.Frame) -> None:
+        if isinstance(frame, f.SendFrame):
+            self._on_send(frame.envelope)
+        elif isinstance(frame, f.AckFrame):
+            self._sent.discard(frame.relay_seq)
+            self.relay.writer.enqueue_ack(self.cell_id, frame.relay_seq)
+            self.relay.metrics.acked += 1
+        elif isinstance(frame, f.FetchBundleFrame):
+            self.relay.spawn(self._on_fetch_bundle(frame))
+        elif isinstance(frame, f.UploadPrekeysFrame):
+            self.relay.spawn(self._on_upload(frame))
+        elif isinstance(frame, f.PingFrame):
+            self.send(f.PongFrame(frame.opaque))
+        elif isinstance(frame, f.PongFrame):
+            pass
+        else:
+            self.send(
+                f.ErrorFrame(
+                    f.ErrorCode.MALFORMED_FRAME,
+                    reason=f"{type(frame).__name__} is a relay-to-cell frame",
+                )
+            )
+
+    def _refuse(self, code: f.ErrorCode, ref: bytes, reason: str) -> None:
+        self.relay.metrics.refuse(code)
+        self.send(f.ErrorFrame(code, ref=ref, reason=reason))
+
+    def _on_send(self, envelope: bytes) -> None:
+        relay = self.relay
+        try:
+            routing = Routing.decode(envelope)
+        except LiaisonError as exc:
+            code = (
+                f.ErrorCode.ENVELOPE_TOO_LARGE
+                if len(envelope) > MAX_ENVELOPE
+                else f.ErrorCode.MALFORMED_FRAME
+            )
+            self._refuse(code, b"", str(exc)[:200])
+            return
+        ref = routing.message_id
+        if len(envelope) > relay.settings.max_envelope_bytes:
+            self._refuse(f.ErrorCode.ENVELOPE_TOO_LARGE, ref, "envelope exceeds the relay limit")
+            return
+        now = int(time.time())
+        if not now < routing.expires_at <= now + relay.settings.max_ttl_seconds:
+            self._refuse(
+                f.ErrorCode.BAD_EXPIRY,
+                ref,
+                f"expiry must be in the future and at most "
+                f"{relay.settings.max_ttl_seconds} s ahead",
+            )
+            return
+        check = relay.may_send(self.cell_id, routing.recipient)
+        if check is not None:
+            self._refuse(check, ref, "the recipient is not reachable from this cell")
+            return
+        row = store.EnvelopeRow(
+            recipient=routing.recipient,
+            sender=self.cell_id,
+            message_id=routing.message_id,
+            precedence=int(routing.precedence),
+            expires_at=routing.expires_at,
+            received_at_ms=int(time.time() * 1000),
+            data=envelope,
+        )
+        future = relay.writer.enqueue_send(row, relay.quota)
+        future.add_done_callback(lambda fut: self._on_committed(fut, row))
+
+    def _on_committed(
+        self, future: asyncio.Future[tuple[int, bool]], row: store.EnvelopeRow
+    ) -> None:
+        exc = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if isinstance(exc, QueueFull):
+            self._refuse(f.ErrorCode.QUEUE_FULL, row.message_id, "the recipient's queue is full")
+            return
+        if exc is not None:
+            log.error("store failure on send: %s", type(exc).__name__)
+            self._refuse(f.ErrorCode.INTERNAL_ERROR, row.message_id, "the relay could not store it")
+            return
+        seq, duplicate = future.result()
+        self.send(f.AcceptedFrame(row.message_id, seq))
+        if duplicate:
+            self.relay.metrics.duplicates += 1
+            return
+        self.relay.metrics.accepted += 1
+        self.relay.deliver_live(row, seq)
+
+    async def _on_fetch_bundle(self, frame: f.FetchBundleFrame) -> None:
+        ref = frame.request_id.to_bytes(4, "big")
+        check = self.relay.may_send(self.cell_id, frame.cell_id)
+        if check is not None:
+            self._refuse(check, ref, "no channel with that cell")
+            return
+        bundle, remaining = await self.relay.take_bundle(frame.cell_id)
+        if bundle is None:
+            self._refuse(f.ErrorCode.NO_BUNDLE, ref, "that cell has not published prekeys")
+            return
+        self.send(f.BundleFrame(frame.request_id, bundle.one_time_prekey is None, bundle.encode()))
+        if remaining < self.relay.settings.prekeys_low_threshold:
+            owner = self.relay.hub.get(frame.cell_id)
+            if owner is not None:
+                owner.send(f.PrekeysLowFrame(remaining))
+
+    async def _on_upload(self, frame: f.UploadPrekeysFrame) -> None:
+        keys = [(k.prekey_id, k.public_key) for k in frame.prekeys]
+        stored = await store.add_one_time_prekeys(
+            self.relay.engine, self.cell_id, keys, self.relay.settings.max_one_time_prekeys
+        )
+        if stored == 0 and keys:
+            self._refuse(
+                f.ErrorCode.PREKEY_LIMIT,
+                frame.request_id.to_bytes(4, "big"),
+                "the one-time prekey stock is full",
+            )
+            return
+        self.send(f.UploadedFrame(frame.request_id, stored))
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def push(self, delivery: _Delivery) -> None:
+        """An envelope accepted for this cell while it is connected (from memory)."""
+        if len(self._live) >= OUTGOING_MAX:
+            self._live_overflow = True  # it is in the store: the pump will re-read it
+        else:
+            heapq.heappush(self._live, (delivery.precedence, delivery.seq, delivery.frame))
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        await self._drain_store()
+        while self._closing is None:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._live_overflow:
+                self._live_overflow = False
+                self._live.clear()
+                await self._drain_store()
+                continue
+            while self._live and self._closing is None:
+                _precedence, seq, frame = heapq.heappop(self._live)
+                self._deliver(seq, frame)
+
+    def _deliver(self, seq: int, frame: bytes) -> None:
+        if seq in self._sent:
+            return
+        self._sent.add(seq)
+        self.relay.metrics.delivered += 1
+        self.send_encoded(frame)
+
+    async def _drain_store(self) -> None:
+        """Deliver the stored backlog in precedence order, a page at a time; live arrivals of
+        higher precedence go out between pages."""
+        while self._closing is None:
+            page = await store.pending_for(
+                self.relay.engine, self.cell_id, PAGE, exclude=self._sent
+            )
+            if not page:
+                return
+            for env in page:
+                if self._live and self._live[0][0] < env.precedence:
+                    while self._live and self._live[0][0] < env.precedence:
+                        _p, seq, frame = heapq.heappop(self._live)
+                        self._deliver(seq, frame)
+                self._deliver(
+                    env.seq, deliver_frame(env.seq, env.sender, env.received_at_ms, env.data)
+                )
+            await asyncio.sleep(0)  # let the writer run and acks arrive
+
+
+def deliver_frame(seq: int, sender: bytes, received_at_ms: int, envelope: bytes) -> bytes:
+    return f.encode_frame(f.DeliverFrame(seq, sender, received_at_ms, envelope))
+
+
+class Hub:
+    """At most one live connection per cell, on this node."""
+
+    def __init__(self) -> None:
+        self._connections: dict[bytes, Connection] = {}
+
+    def register(self, conn: Connection) -> None:
+        old = self._connections.get(conn.cell_id)
+        self._connections[conn.cell_id] = conn
+        if old is not None:
+            old.close(f.ErrorCode.REPLACED, "a newer connection for this cell replaced this one")
+
+    def unregister(self, conn: Connection) -> None:
+        if self._connections.get(conn.cell_id) is conn:
+            del self._connections[conn.cell_id]
+
+    def get(self, cell_id: bytes) -> Connection | None:
+        return self._connections.get(cell_id)
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+
+class Relay:
+    """Shared state of one relay node: store, writer, hub, directory cache, metrics."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, writer: GroupCommitWriter) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.writer = writer
+        self.hub = Hub()
+        self.metrics = Metrics()
+        self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
+        self.unauthenticated = 0
+        self._status: dict[bytes, CellStatus] = {}
+        self._peers: dict[bytes, frozenset[bytes]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a non-hot-path request (bundle fetch, prekey upload) in the background."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- directory cache (invalidated by admin hooks) -----------------------------------------
+
+    async def load_cell(self, cell_id: bytes) -> None:
+        """Load a cell's status and peers into the cache (on connect)."""
+        record = await directory.cell_by_id(self.engine, cell_id)
+        if record is not None:
+            self._status[cell_id] = record.status
+            self._peers[cell_id] = frozenset(await directory.peers_of(self.engine, cell_id))
+
+    def may_send(self, sender: bytes, recipient: bytes) -> f.ErrorCode | None:
+        """None if ``sender`` may send to (or fetch the bundle of) ``recipient``."""
+        if recipient not in self._peers.get(sender, frozenset()):
+            return f.ErrorCode.NOT_PAIRED
+        status = self._status.get(recipient)
+        if status is None:
+            # A peer we never loaded: its status is loaded in the background; refuse only
+            # revoked cells (channels to them are kept for the audit trail).
+            self.spawn(self.load_cell(recipient))
+            return None
+        if status == CellStatus.REVOKED:
+            return f.ErrorCode.REVOKED
+        return None
+
+    async def directory_changed(self) -> None:
+        """Channels changed: refresh every connected cell's peer set."""
+        self._peers.clear()
+        self._status.clear()
+        for cell_id in list(self.hub._connections):
+            await self.load_cell(cell_id)
+
+    async def on_cell_status(self, cell_id: bytes, status: str, peers: list[bytes]) -> None:
+        """Admin hook: a cell was suspended, resumed or revoked (after the commit)."""
+        self._status[cell_id] = CellStatus(status)
+        conn = self.hub.get(cell_id)
+        if status == CellStatus.REVOKED:
+            if conn is not None:
+                conn.close(f.ErrorCode.REVOKED, "this cell was revoked")
+            for peer in peers:
+                peer_conn = self.hub.get(peer)
+                if peer_conn is not None:
+                    peer_conn.send(f.PeerRevokedFrame(cell_id))
+        elif status == CellStatus.SUSPENDED and conn is not None:
+            conn.close(f.ErrorCode.SUSPENDED, "this cell was suspended")
+
+    # -- prekeys -------------------------------------------------------------------------------
+
+    async def take_bundle(self, cell_id: bytes) -> tuple[PrekeyBundle | None, int]:
+        record = await directory.cell_by_id(self.engine, cell_id)
+        if record is None or record.identity_key is None:
+            return None, 0
+        signed, otk, remaining = await store.take_bundle(self.engine, cell_id)
+        if signed is None:
+            return None, remaining
+        bundle = PrekeyBundle(
+            cell_id,
+            IdentityKey(record.identity_key),
+            SignedPrekey(signed.spk_id, X25519PublicKey(signed.spk_public), signed.spk_signature),
+            SignedKemPrekey(signed.kem_id, KemPublicKey(signed.kem_public), signed.kem_signature),
+            None if otk is None else OneTimePrekey(otk[0], X25519PublicKey(otk[1])),
+        )
+        return bundle, remaining
+
+    # -- delivery and expiry -------------------------------------------------------------------
+
+    def deliver_live(self, row: store.EnvelopeRow, seq: int) -> None:
+        conn = self.hub.get(row.recipient)
+        if conn is not None:
+            frame = deliver_frame(seq, row.sender, row.received_at_ms, row.data)
+            conn.push(_Delivery(seq, row.precedence, frame))
+
+    async def sweep_expired(self) -> int:
+        """Purge expired envelopes; tell connected senders now, others when they connect."""
+        purged = await store.purge_expired(self.engine, int(time.time()))
+        self.metrics.expired += len(purged)
+        told = []
+        for sender, message_id, recipient in purged:
+            conn = self.hub.get(sender)
+            if conn is not None:
+                conn.send(f.ExpiredFrame(message_id, recipient))
+                told.append((sender, message_id))
+        if told:
+            await store.forget_expiry_notices(self.engine, told)
+        return len(purged)
+
+    async def run_expiry(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.sweep_expired()
+            except Exception:
+                log.exception("expiry sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.expiry_sweep_seconds)
+
+
+OnStatus = Callable[[bytes, str, list[bytes]], Awaitable[None]]

@@ -1,0 +1,47 @@
+"""Relay settings: ``LIAISON_*`` environment variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every limit the relay enforces lives here, with its documented default."""
+
+    model_config = SettingsConfigDict(env_prefix="LIAISON_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./liaison.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    key_file: Path = Path("./liaison-relay.key")
+    bus_url: str = "memory://"
+
+    # Store-and-forward limits (SPEC.md §11).
+    max_envelope_bytes: int = Field(default=65280, ge=4096, le=65280)
+    # At most 1000: a recipient refuses to skip more than 1000 message keys, and precedence
+    # delivery lets a late envelope overtake every earlier one of its chain, so no more than
+    # 1000 may wait for one recipient (which also bounds each sender -> recipient pair,
+    # SPEC.md M-REL-7).
+    queue_max_messages: int = Field(default=1000, ge=1, le=1000)
+    queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=65280)
+    max_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    expiry_sweep_seconds: float = Field(default=5.0, gt=0)
+
+    # Group commit: the writer takes whatever is queued, up to this many, per transaction.
+    commit_batch_max: int = Field(default=512, ge=1)
+
+    # Link limits.
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+    idle_timeout_seconds: float = Field(default=120.0, gt=0)
+    ping_interval_seconds: float = Field(default=30.0, gt=0)
+    max_unauthenticated: int = Field(default=1024, ge=1)
+    prekeys_low_threshold: int = Field(default=10, ge=0)
+    max_one_time_prekeys: int = Field(default=1000, ge=1)
+
+    # Enrollment.
+    enrollment_code_ttl_seconds: int = Field(default=24 * 3600, ge=60)

@@ -1,0 +1,274 @@
+"""The group-commit writer (``liaison.server.writer``) on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from liaison.server import store
+from liaison.server.db import create_engine
+from liaison.server.schema import envelopes
+from liaison.server.writer import (
+    GroupCommitWriter,
+    QueueFull,
+    WriteFailed,
+    WriterClosed,
+    WriterOverloaded,
+)
+from tests.server.storekit import cell, envelope_count, row
+
+REJECT = 99  # a precedence the test trigger below refuses at INSERT time
+
+
+async def install_reject_trigger(engine: AsyncEngine) -> None:
+    """A real database-side failure in the middle of a batch: any row with precedence 99."""
+    async with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER reject_99 BEFORE INSERT ON envelopes "
+                    "WHEN NEW.precedence = 99 BEGIN SELECT RAISE(ABORT, 'rejected by test'); END"
+                )
+            )
+        else:
+            await conn.execute(
+                text(
+                    "CREATE FUNCTION reject_99() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF NEW.precedence = 99 THEN RAISE EXCEPTION 'rejected by test'; END IF; "
+                    "RETURN NEW; END $$"
+                )
+            )
+            await conn.execute(
+                text(
+                    "CREATE TRIGGER reject_99 BEFORE INSERT ON envelopes "
+                    "FOR EACH ROW EXECUTE FUNCTION reject_99()"
+                )
+            )
+
+
+async def test_concurrent_sends_share_few_transactions(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    rows = [row(bob, alice) for _ in range(500)]
+    sizes: list[int] = []
+    writer = GroupCommitWriter(engine, batch_max=512, on_batch=lambda n, _s: sizes.append(n))
+    writer.start()
+    try:
+        results = await asyncio.gather(*(writer.submit_send(r) for r in rows))
+    finally:
+        await writer.close()
+    assert writer.stats.rows == 500
+    assert writer.batches < 500 / 5, f"{writer.batches} transactions for 500 rows"
+    assert sum(sizes) == 500
+    assert len(sizes) == writer.batches
+    assert writer.last_batch_size == sizes[-1]
+    assert all(duplicate is False for _, duplicate in results)
+    seqs = [seq for seq, _ in results]
+    assert len(set(seqs)) == 500
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(envelopes.c.seq, envelopes.c.message_id))).all()
+    assert sorted(seqs) == sorted(seq for seq, _ in stored)
+    assert {m for _, m in stored} == {r.message_id for r in rows}
+
+
+async def test_batch_max_bounds_each_transaction(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    async with GroupCommitWriter(engine, batch_max=7) as writer:
+        await asyncio.gather(*(writer.submit_send(row(bob, alice)) for _ in range(50)))
+    assert writer.stats.max_batch_size == 7
+    assert writer.batches >= 8
+    assert await envelope_count(engine) == 50
+
+
+async def test_concurrent_resends_are_stored_once(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    rows = [row(bob, alice) for _ in range(20)]
+    async with GroupCommitWriter(engine, batch_max=8) as writer:
+        results = await asyncio.gather(*(writer.submit_send(r) for r in rows * 3))
+    assert await envelope_count(engine) == 20
+    first, second, third = results[:20], results[20:40], results[40:]
+    assert [s for s, _ in first] == [s for s, _ in second] == [s for s, _ in third]
+    assert all(dup for _, dup in second + third)
+    assert not any(dup for _, dup in first)
+
+
+async def test_a_failed_batch_fails_every_future_and_stores_nothing(engine: AsyncEngine) -> None:
+    await install_reject_trigger(engine)
+    alice, bob = cell(), cell()
+    good = [row(bob, alice) for _ in range(5)]
+    bad = row(bob, alice, precedence=REJECT)
+    async with GroupCommitWriter(engine) as writer:
+        ack = writer.enqueue_ack(bob, 1)
+        futures = [writer.enqueue_send(r) for r in [*good[:2], bad, *good[2:]]]
+        results = await asyncio.gather(ack, *futures, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, WriteFailed)]
+        assert len(failures) == len(results), results
+        assert all(isinstance(r.__cause__, DBAPIError) for r in failures)
+        assert "rejected by test" in str(results[1])
+        assert writer.stats.failed_batches == 1
+        assert writer.batches == 0
+        assert await envelope_count(engine) == 0
+        # The writer lives on: the good rows, sent again, are stored.
+        again = await asyncio.gather(*(writer.submit_send(r) for r in good))
+    assert [dup for _, dup in again] == [False] * 5
+    assert await envelope_count(engine) == 5
+
+
+async def test_nothing_is_acknowledged_before_the_commit(engine: AsyncEngine) -> None:
+    """At the moment the batch's COMMIT is issued no future of the batch may be resolved; and
+    when the COMMIT itself fails, every future fails and no row is stored."""
+    alice, bob = cell(), cell()
+    futures: list[asyncio.Future[Any]] = []
+    seen_at_commit: list[list[bool]] = []
+    fail_commit = True
+
+    def on_commit(_conn: Any) -> None:
+        seen_at_commit.append([f.done() for f in futures])
+        if fail_commit:
+            raise RuntimeError("the disk went away")
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    try:
+        async with GroupCommitWriter(engine) as writer:
+            futures.extend(writer.enqueue_send(row(bob, alice)) for _ in range(10))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, WriteFailed)]
+            assert len(failures) == 10
+            assert all(isinstance(r.__cause__, RuntimeError) for r in failures)
+            assert seen_at_commit == [[False] * 10]
+            assert await envelope_count(engine) == 0
+
+            fail_commit = False
+            futures.clear()
+            seen_at_commit.clear()
+            futures.extend(writer.enqueue_send(row(bob, alice)) for _ in range(10))
+            results = await asyncio.gather(*futures)
+            assert seen_at_commit[0] == [False] * 10
+    finally:
+        event.remove(engine.sync_engine, "commit", on_commit)
+    assert await envelope_count(engine) == 10
+
+
+async def test_an_acknowledged_send_is_visible_to_another_connection(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    alice, bob = cell(), cell()
+    other = create_engine(db_url)
+    try:
+        async with GroupCommitWriter(engine) as writer:
+            for _ in range(3):
+                seq, _dup = await writer.submit_send(row(bob, alice))
+                async with other.connect() as conn:
+                    found = await conn.execute(
+                        select(envelopes.c.seq).where(envelopes.c.seq == seq)
+                    )
+                    assert found.scalar_one_or_none() == seq
+    finally:
+        await other.dispose()
+
+
+async def test_acks_delete_only_the_acknowledging_cells_envelopes(engine: AsyncEngine) -> None:
+    alice, bob, carol = cell(), cell(), cell()
+    async with GroupCommitWriter(engine) as writer:
+        (to_bob, _), (to_carol, _) = await asyncio.gather(
+            writer.submit_send(row(bob, alice)), writer.submit_send(row(carol, alice))
+        )
+        assert await writer.submit_ack(bob, to_carol) is False
+        assert await writer.submit_ack(bob, to_bob) is True
+        assert await writer.submit_ack(bob, to_bob) is False  # a repeated ack is harmless
+    assert await envelope_count(engine, recipient=carol) == 1
+    assert await envelope_count(engine, recipient=bob) == 0
+
+
+async def test_close_commits_what_was_queued_then_refuses(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    writer = GroupCommitWriter(engine, batch_max=16)
+    writer.start()
+    futures = [writer.enqueue_send(row(bob, alice)) for _ in range(40)]
+    await writer.close()
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert await envelope_count(engine) == 40
+    with pytest.raises(WriterClosed):
+        await writer.submit_send(row(bob, alice))
+    await writer.close()  # idempotent
+
+
+async def test_close_without_start_fails_the_queue(engine: AsyncEngine) -> None:
+    writer = GroupCommitWriter(engine)
+    future = writer.enqueue_send(row(cell(), cell()))
+    await writer.close()
+    with pytest.raises(WriterClosed):
+        await future
+    assert await envelope_count(engine) == 0
+
+
+async def test_backpressure_beyond_max_pending(engine: AsyncEngine) -> None:
+    writer = GroupCommitWriter(engine, batch_max=4, max_pending=2)
+    alice, bob = cell(), cell()
+    queued = [writer.enqueue_send(row(bob, alice)) for _ in range(3)]
+    with pytest.raises(WriterOverloaded):
+        await queued[2]
+    assert writer.pending == 2
+    writer.start()
+    await asyncio.gather(*queued[:2])
+    await writer.close()
+    assert await envelope_count(engine) == 2
+
+
+async def test_a_cancelled_caller_is_skipped(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    writer = GroupCommitWriter(engine)
+    dropped = writer.enqueue_send(row(bob, alice))
+    kept = writer.enqueue_send(row(bob, alice))
+    dropped.cancel()
+    writer.start()
+    await kept
+    await writer.close()
+    assert await envelope_count(engine) == 1
+
+
+async def test_two_writers_cannot_overfill_a_queue_together(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """Two relay nodes (two writers, two engines) racing for the last slots of one queue: the
+    quota holds exactly (PostgreSQL advisory lock; SQLite's single writer)."""
+    alice, bob = cell(), cell()
+    other = create_engine(db_url)
+    quota = (10, 10**9)
+    try:
+        async with GroupCommitWriter(engine, 4) as one, GroupCommitWriter(other, 4) as two:
+            results = await asyncio.gather(
+                *(w.submit_send(row(bob, alice), quota) for _ in range(15) for w in (one, two)),
+                return_exceptions=True,
+            )
+    finally:
+        await other.dispose()
+    assert sum(isinstance(r, tuple) for r in results) == 10
+    assert sum(isinstance(r, QueueFull) for r in results) == 20
+    assert await envelope_count(engine, recipient=bob) == 10
+    async with engine.connect() as conn:
+        assert await store.queue_usage(conn, bob) == (10, 640)
+        total = (await conn.execute(select(func.count()).select_from(envelopes))).scalar_one()
+    assert total == 10
+
+
+async def test_flush_waits_for_fire_and_forget_acks(engine: AsyncEngine) -> None:
+    alice, bob = cell(), cell()
+    async with GroupCommitWriter(engine) as writer:
+        seqs = [
+            s
+            for s, _ in await asyncio.gather(
+                *(writer.submit_send(row(bob, alice)) for _ in range(5))
+            )
+        ]
+        for seq in seqs:
+            writer.enqueue_ack(bob, seq)  # not awaited, as a reader loop does
+        await writer.flush()
+        assert await envelope_count(engine) == 0
+        batches = writer.batches
+        await writer.flush()  # nothing queued: no transaction for a bare barrier
+        assert writer.batches == batches
