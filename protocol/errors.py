@@ -20,7 +20,7 @@ as in h11, by *who broke the rules*::
 
 ``DecryptionError`` is deliberately uninformative: wrong key, flipped bit, replay, wrong
 associated data and unknown header key all raise it with the same message, so that an attacker
-probing a cell learns nothing from the error. Detail goes to the ``liaison.protocol`` debug log.
+probing a cell learns nothing from the error. The detail is deliberately not recorded anywhere.
 
 Messages of these exceptions never contain key material, plaintext or ciphertext bytes.
 """
