@@ -197,6 +197,12 @@ class Connection:
         notices = await store.take_expiry_notices(self.relay.engine, self.cell_id)
         for _sender, message_id, recipient in notices:
             self.send(f.ExpiredFrame(message_id, recipient))
+        # Peers revoked while this cell was away (M-REL-16): derived from the directory, so
+        # nothing needs storing per peer and a cell hears it on every connect until unpaired.
+        for peer in self.relay._peers.get(self.cell_id, frozenset()):
+            record = await directory.cell_by_id(self.relay.engine, peer)
+            if record is not None and record.status == CellStatus.REVOKED:
+                self.send(f.PeerRevokedFrame(peer))
         remaining = await store.one_time_prekey_count(self.relay.engine, self.cell_id)
         if remaining < self.relay.settings.prekeys_low_threshold:
             self.send(f.PrekeysLowFrame(remaining))

@@ -29,6 +29,7 @@ __all__ = [
     "audit_log",
     "cells",
     "channels",
+    "delivered",
     "enrollment_codes",
     "envelopes",
     "expiry_notices",
@@ -135,6 +136,19 @@ envelopes = Table(
     # at 1 once a queue drains, so a late or repeated ack could delete a newer message.
     # AUTOINCREMENT keeps it monotonic (PostgreSQL's BIGSERIAL already is).
     sqlite_autoincrement=True,
+)
+
+# Tombstones of acknowledged envelopes: the (sender, message_id) pair and its relay_seq stay
+# until the envelope's expiry, so a late resend is acknowledged again instead of being stored
+# and delivered twice (SPEC.md M-REL-4). No content is kept.
+delivered = Table(
+    "delivered",
+    metadata,
+    Column("sender", LargeBinary(16), primary_key=True),
+    Column("message_id", LargeBinary(16), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index(None, "expires_at"),
 )
 
 expiry_notices = Table(

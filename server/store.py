@@ -32,7 +32,13 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from liaison.server import dialect
-from liaison.server.schema import envelopes, expiry_notices, one_time_prekeys, signed_prekeys
+from liaison.server.schema import (
+    delivered,
+    envelopes,
+    expiry_notices,
+    one_time_prekeys,
+    signed_prekeys,
+)
 
 __all__ = [
     "Bind",
@@ -188,7 +194,29 @@ def _envelope_params(row: EnvelopeRow) -> dict[str, Any]:
 async def existing_seqs(
     conn: AsyncConnection, keys: Iterable[tuple[bytes, bytes]]
 ) -> dict[tuple[bytes, bytes], int]:
-    """``{(sender, message_id): seq}`` for those of ``keys`` already stored."""
+    """``{(sender, message_id): seq}`` for those of ``keys`` already stored, queued or
+    acknowledged (a tombstone in ``delivered``)."""
+    keys = list(keys)
+    return await _queued_seqs(conn, keys) | await delivered_seqs(conn, keys)
+
+
+async def delivered_seqs(
+    conn: AsyncConnection, keys: Iterable[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], int]:
+    """``{(sender, message_id): seq}`` for those of ``keys`` delivered and acknowledged."""
+    found: dict[tuple[bytes, bytes], int] = {}
+    for chunk in _chunks(sorted(set(keys)), _KEY_CHUNK):
+        stmt = select(delivered.c.sender, delivered.c.message_id, delivered.c.seq).where(
+            or_(*(and_(delivered.c.sender == s, delivered.c.message_id == m) for s, m in chunk))
+        )
+        for sender, message_id, seq in await conn.execute(stmt):
+            found[(sender, message_id)] = seq
+    return found
+
+
+async def _queued_seqs(
+    conn: AsyncConnection, keys: Iterable[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], int]:
     found: dict[tuple[bytes, bytes], int] = {}
     # ``(a = ? AND b = ?) OR ...`` rather than a row-value IN: SQLite plans the latter as a
     # table scan, but the former as one unique-index probe per key (PostgreSQL: a bitmap OR).
@@ -213,16 +241,21 @@ async def insert_envelopes(
     """
     if not rows:
         return []
+    # Already delivered and acknowledged: acknowledge again, never store twice (M-REL-4).
+    tombstones = await delivered_seqs(conn, [row.key for row in rows])
     unique: dict[tuple[bytes, bytes], EnvelopeRow] = {}
     for row in rows:
-        unique.setdefault(row.key, row)
+        if row.key not in tombstones:
+            unique.setdefault(row.key, row)
     inserted: dict[tuple[bytes, bytes], int] = {}
-    stored: dict[tuple[bytes, bytes], int] = {}
+    stored: dict[tuple[bytes, bytes], int] = dict(tombstones)
     todo = list(unique.values())
     # A key that conflicted but whose row is gone before we read it back (delivered and acked
     # in between, on another node) is inserted again: at-least-once, the recipient drops
     # duplicates. Three rounds can only be exhausted under a pathological race.
     for _ in range(3):
+        if not todo:
+            break
         stmt = dialect.insert_ignore(conn, envelopes, ("sender", "message_id")).returning(
             envelopes.c.seq, envelopes.c.sender, envelopes.c.message_id
         )
@@ -230,7 +263,7 @@ async def insert_envelopes(
         for seq, sender, message_id in result:
             inserted[(sender, message_id)] = seq
         missing = [r.key for r in todo if r.key not in inserted]
-        stored.update(await existing_seqs(conn, missing) if missing else {})
+        stored.update(await _queued_seqs(conn, missing) if missing else {})
         todo = [r for r in todo if r.key not in inserted and r.key not in stored]
         if not todo:
             break
@@ -308,14 +341,8 @@ async def delete_acked(bind: Bind, recipient: bytes, seqs: Iterable[int]) -> int
     Sequence numbers belonging to another recipient are ignored: a cell cannot delete
     anything but its own queue.
     """
-    deleted = 0
     async with _writing(bind) as conn:
-        for chunk in _chunks(sorted(set(seqs))):
-            stmt = delete(envelopes).where(
-                envelopes.c.recipient == recipient, envelopes.c.seq.in_(chunk)
-            )
-            deleted += (await conn.execute(stmt)).rowcount
-    return deleted
+        return len(await delete_acked_pairs(conn, [(recipient, seq) for seq in set(seqs)]))
 
 
 async def delete_acked_pairs(
@@ -335,9 +362,20 @@ async def delete_acked_pairs(
         gone = (
             delete(envelopes)
             .where(envelopes.c.seq.in_(chunk))
-            .returning(envelopes.c.seq, envelopes.c.recipient)
-        )
-        deleted.update((recipient, seq) for seq, recipient in await conn.execute(gone))
+            .returning(
+                envelopes.c.seq, envelopes.c.recipient, envelopes.c.sender,
+                envelopes.c.message_id, envelopes.c.expires_at,
+            )
+        )  # fmt: skip
+        tombstones = []
+        for seq, recipient, sender, message_id, expires_at in await conn.execute(gone):
+            deleted.add((recipient, seq))
+            tombstones.append(
+                {"sender": sender, "message_id": message_id, "seq": seq, "expires_at": expires_at}
+            )
+        if tombstones:
+            remember = dialect.insert_ignore(conn, delivered, ("sender", "message_id"))
+            await conn.execute(remember, tombstones)
     return deleted
 
 
@@ -362,6 +400,7 @@ async def purge_expired(
             )
         )
         purged = sorted((await conn.execute(stmt)).all())
+        await conn.execute(delete(delivered).where(delivered.c.expires_at <= now_s))
         notices = [ExpiryNotice(sender, mid, rcpt) for _, sender, mid, rcpt in purged]
         if notices:
             rows = [n._asdict() | {"created_at_ms": now_s * 1000} for n in notices]

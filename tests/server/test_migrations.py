@@ -21,14 +21,14 @@ from liaison.server.db import create_engine
 from liaison.server.migrate import SchemaMismatch
 from liaison.server.schema import metadata
 
-HEAD = "0001_initial_schema"
+HEAD = migrate.head_revision()
 UPGRADE_HINT = "run `liaison server db upgrade`"
 NEWER_HINT = "this database was migrated by a newer Liaison"
 
 NEXT_MIGRATION = '''"""A later migration, only for tests."""
 
-revision = "0002_test_later"
-down_revision = "0001_initial_schema"
+revision = "9999_test_later"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -61,7 +61,7 @@ def later_config(tmp_path: Path) -> Any:
     """A copy of the installed migrations plus one newer revision: "the next Liaison"."""
     root = tmp_path / "next_migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, root, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "versions" / "0002_test_later.py").write_text(NEXT_MIGRATION)
+    (root / "versions" / "9999_test_later.py").write_text(NEXT_MIGRATION.format(head=HEAD))
     config = migrate.alembic_config()
     config.set_main_option("script_location", str(root))
     config.set_main_option("version_locations", str(root / "versions"))
@@ -140,7 +140,7 @@ async def test_check_schema_refuses_a_database_behind_the_code(
         await migrate.check_schema(engine, config=later_config)
     assert UPGRADE_HINT in info.value.message
     assert HEAD in info.value.message
-    assert "0002_test_later" in info.value.message
+    assert "9999_test_later" in info.value.message
     await migrate.upgrade_async(engine, config=later_config)
     await migrate.check_schema(engine, config=later_config)
 
@@ -154,7 +154,7 @@ async def test_check_schema_refuses_a_database_from_a_newer_liaison(
         await migrate.check_schema(engine)
     assert NEWER_HINT in info.value.message
     assert "upgrade the relay" in info.value.message
-    assert "0002_test_later" in info.value.message
+    assert "9999_test_later" in info.value.message
 
 
 async def test_check_schema_refuses_an_unknown_stamped_revision(engine: AsyncEngine) -> None:
@@ -195,4 +195,4 @@ def test_offline_mode_renders_the_migration_as_sql(
     for table in metadata.tables:
         assert f"CREATE TABLE {table} (" in sql
     assert "ix_envelopes_recipient_precedence_seq_size" in sql
-    assert f"VALUES ('{HEAD}')" in sql
+    assert f"version_num='{HEAD}'" in sql or f"VALUES ('{HEAD}')" in sql

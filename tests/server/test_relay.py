@@ -410,3 +410,34 @@ async def test_unauthenticated_connection_limit(tmp_path: Path) -> None:
             await ws.close()
         async with httpx.AsyncClient(base_url=relay.url) as http:
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_resend_after_delivery_is_acknowledged_not_redelivered(world: World) -> None:
+    """SPEC.md M-REL-4: after the recipient ACKed (and the envelope was deleted), a late resend
+    of the same message id gets the same ACCEPTED and is neither stored nor delivered again."""
+    paris, berlin = await world.paris.connect(world.relay), await world.berlin.connect(world.relay)
+    bundle = await paris.fetch_bundle(world.berlin)
+    _mid, data = world.paris.seal(world.berlin, "exactly once", bundle=bundle)
+    await paris.send(f.SendFrame(data))
+    first = await paris.expect(f.AcceptedFrame)
+    deliver = await berlin.expect(f.DeliverFrame)
+    await berlin.send(f.AckFrame(deliver.relay_seq))
+    await berlin.close()
+    await asyncio.sleep(0.3)  # the ACK's batch commits
+    await paris.send(f.SendFrame(data))  # e.g. the sender never saw ACCEPTED and retries
+    assert await paris.expect(f.AcceptedFrame) == first
+    berlin = await world.berlin.connect(world.relay)
+    with pytest.raises(TimeoutError):
+        await berlin.expect(f.DeliverFrame, timeout=0.5)
+    await berlin.close()
+    await paris.close()
+
+
+async def test_peer_revoked_while_offline_is_told_on_connect(world: World) -> None:
+    """SPEC.md M-REL-16: a peer that was offline when a cell was revoked learns it when it
+    next connects."""
+    await world.admin.action("berlin", "revoke")
+    paris = await world.paris.connect(world.relay)
+    revoked = await paris.expect(f.PeerRevokedFrame)
+    assert revoked.cell_id == world.berlin.cell_id
+    await paris.close()
