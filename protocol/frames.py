@@ -38,6 +38,10 @@ Byte layout (all integers big-endian; ``id`` fields are exactly 16 bytes)::
     0x0C PING            opaque (8)
     0x0D PONG            opaque (8)
     0x0E UPLOADED        request_id (u32) || stored (u16)
+    0x0F LIST_PEERS      request_id (u32)
+    0x10 PEERS           request_id (u32) || count (u16, 0..500) || count x (cell_id (16) ||
+                         status (u8: 0 pending, 1 active, 2 suspended, 3 revoked) ||
+                         identity (32, zeros until enrolled) || name_len (u8) || name (ASCII))
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ __all__ = [
     "MAX_ERROR_REASON_LEN",
     "MAX_ERROR_REF_LEN",
     "MAX_FRAME",
+    "MAX_PEERS",
     "MAX_PREKEYS_PER_UPLOAD",
+    "PEER_STATUSES",
     "PING_LEN",
     "X25519_PUBLIC_LEN",
     "AcceptedFrame",
@@ -72,8 +78,11 @@ __all__ = [
     "FetchBundleFrame",
     "Frame",
     "FrameType",
+    "ListPeersFrame",
     "OneTimePrekey",
+    "PeerEntry",
     "PeerRevokedFrame",
+    "PeersFrame",
     "PingFrame",
     "PongFrame",
     "PrekeysLowFrame",
@@ -119,6 +128,8 @@ class FrameType(enum.IntEnum):
     PING = 0x0C
     PONG = 0x0D
     UPLOADED = 0x0E
+    LIST_PEERS = 0x0F
+    PEERS = 0x10
 
 
 class ErrorCode(enum.StrEnum):
@@ -540,6 +551,83 @@ class UploadedFrame(_Layout):
     stored: _U16
 
 
+@dataclass(frozen=True, slots=True)
+class ListPeersFrame(_Layout):
+    """Cell → relay: which cells share a channel with me?"""
+
+    TYPE: ClassVar[FrameType] = FrameType.LIST_PEERS
+    request_id: _U32
+
+
+PEER_STATUSES = ("pending", "active", "suspended", "revoked")
+MAX_PEERS = 500
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEntry:
+    """One PEERS entry: a paired cell, its status, its identity key (zeros until enrolled)."""
+
+    cell_id: bytes
+    status: str
+    identity: bytes
+    name: str
+
+    def __post_init__(self) -> None:
+        t = FrameType.PEERS
+        _check_bytes(t, "cell_id", self.cell_id, ID_LEN, ID_LEN)
+        if self.status not in PEER_STATUSES:
+            raise _bad(t, "status", f"must be one of {PEER_STATUSES}")
+        _check_bytes(t, "identity", self.identity, 32, 32)
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise _bad(t, "name", "must be 1..64 characters of [a-z0-9._-], starting [a-z0-9]")
+
+    def _body(self) -> bytes:
+        name = self.name.encode("ascii")
+        status = PEER_STATUSES.index(self.status)
+        return self.cell_id + _u(status, 1) + self.identity + _u(len(name), 1) + name
+
+
+@dataclass(frozen=True, slots=True)
+class PeersFrame:
+    """Relay → cell: the answer to LIST_PEERS, at most 500 entries."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PEERS
+    request_id: int
+    peers: tuple[PeerEntry, ...]
+
+    def __post_init__(self) -> None:
+        _check_uint(self.TYPE, "request_id", self.request_id, 32)
+        _check_type(self.TYPE, "peers", self.peers, tuple)
+        if not all(isinstance(p, PeerEntry) for p in self.peers):
+            raise _bad(self.TYPE, "peers", "must contain only PeerEntry")
+        if len(self.peers) > MAX_PEERS:
+            raise _bad(self.TYPE, "count", f"must be at most {MAX_PEERS}")
+        if len({p.cell_id for p in self.peers}) != len(self.peers):
+            raise _bad(self.TYPE, "peers", "has duplicate cell ids")
+
+    def _body(self) -> bytes:
+        entries = b"".join(p._body() for p in self.peers)
+        return _u(self.request_id, 4) + _u(len(self.peers), 2) + entries
+
+    @classmethod
+    def _parse(cls, r: _Reader) -> PeersFrame:
+        request_id = r.uint(4, "request_id")
+        count = r.bounded(2, "count", 0, MAX_PEERS)
+        peers = []
+        for _ in range(count):
+            cell_id = r.take(ID_LEN, "cell_id")
+            status = r.bounded(1, "status", 0, len(PEER_STATUSES) - 1)
+            identity = r.take(32, "identity")
+            name = r.take(r.bounded(1, "name_len", 1, 64), "name")
+            try:
+                text = name.decode("ascii")
+            except UnicodeDecodeError:
+                raise _bad(cls.TYPE, "name", "is not ASCII") from None
+            peers.append(PeerEntry(cell_id, PEER_STATUSES[status], identity, text))
+        return cls(request_id, tuple(peers))
+
+
 Frame: TypeAlias = (
     SendFrame
     | AcceptedFrame
@@ -555,6 +643,8 @@ Frame: TypeAlias = (
     | PingFrame
     | PongFrame
     | UploadedFrame
+    | ListPeersFrame
+    | PeersFrame
 )
 """Any link-layer frame."""
 

@@ -252,6 +252,8 @@ class Connection:
             self.relay.spawn(self._on_fetch_bundle(frame))
         elif isinstance(frame, f.UploadPrekeysFrame):
             self.relay.spawn(self._on_upload(frame))
+        elif isinstance(frame, f.ListPeersFrame):
+            self.relay.spawn(self._on_list_peers(frame.request_id))
         elif isinstance(frame, f.PingFrame):
             self.send(f.PongFrame(frame.opaque))
         elif isinstance(frame, f.PongFrame):
@@ -343,6 +345,16 @@ class Connection:
             owner = self.relay.hub.get(frame.cell_id)
             if owner is not None:
                 owner.send(f.PrekeysLowFrame(remaining))
+
+    async def _on_list_peers(self, request_id: int) -> None:
+        """M-REL-19: every cell sharing a channel with this one, with status and identity."""
+        entries = []
+        for peer in await directory.peers_of(self.relay.engine, self.cell_id):
+            record = await directory.cell_by_id(self.relay.engine, peer)
+            if record is not None:
+                identity = record.identity_key or bytes(32)
+                entries.append(f.PeerEntry(record.id, record.status.value, identity, record.name))
+        self.send(f.PeersFrame(request_id, tuple(entries[: f.MAX_PEERS])))
 
     async def _on_upload(self, frame: f.UploadPrekeysFrame) -> None:
         keys = [(k.prekey_id, k.public_key) for k in frame.prekeys]

@@ -26,8 +26,11 @@ from liaison.protocol.frames import (
     FetchBundleFrame,
     Frame,
     FrameType,
+    ListPeersFrame,
     OneTimePrekey,
+    PeerEntry,
     PeerRevokedFrame,
+    PeersFrame,
     PingFrame,
     PongFrame,
     PrekeysLowFrame,
@@ -107,6 +110,14 @@ VECTORS: list[tuple[str, str, Frame]] = [
     ("ping", "0c 0102030405060708", PingFrame(b"\x01\x02\x03\x04\x05\x06\x07\x08")),
     ("pong", "0d 0102030405060708", PongFrame(b"\x01\x02\x03\x04\x05\x06\x07\x08")),
     ("uploaded", "0e 00000009 00c8", UploadedFrame(9, 200)),
+    ("list-peers", "0f 0000002a", ListPeersFrame(42)),
+    ("peers-empty", "10 00000007 0000", PeersFrame(7, ())),
+    (
+        "peers-one",
+        "10 00000007 0001 000102030405060708090a0b0c0d0e0f 03"
+        " 1111111111111111111111111111111111111111111111111111111111111111 01 61",
+        PeersFrame(7, (PeerEntry(ID_A, "revoked", b"\x11" * 32, "a"),)),
+    ),
 ]
 VECTOR_IDS = [v[0] for v in VECTORS]
 VECTOR_CASES = [(bytes.fromhex(h), f) for _, h, f in VECTORS]
@@ -173,7 +184,7 @@ def test_trailing_byte_rejected(data: bytes, frame: Frame) -> None:
         decode_frame(data + b"\x00")
 
 
-@pytest.mark.parametrize("data", ["", "00", "0f", "ff", "0f00000000", "800102"])
+@pytest.mark.parametrize("data", ["", "00", "11", "ff", "1100000000", "800102"])
 def test_unknown_or_missing_type_rejected(data: str) -> None:
     """SPEC.md §10 Frames: an empty frame or an unknown type byte is malformed."""
     with pytest.raises(MalformedData, match="frame"):
@@ -406,6 +417,22 @@ STRATEGIES: dict[FrameType, st.SearchStrategy[Frame]] = {
     FrameType.PING: st.builds(PingFrame, _opaque),
     FrameType.PONG: st.builds(PongFrame, _opaque),
     FrameType.UPLOADED: st.builds(UploadedFrame, _u32, _u16),
+    FrameType.LIST_PEERS: st.builds(ListPeersFrame, _u32),
+    FrameType.PEERS: st.builds(
+        PeersFrame,
+        _u32,
+        st.lists(
+            st.builds(
+                PeerEntry,
+                _ids,
+                st.sampled_from(["pending", "active", "suspended", "revoked"]),
+                st.binary(min_size=32, max_size=32),
+                st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True),
+            ),
+            max_size=5,
+            unique_by=lambda p: p.cell_id,
+        ).map(tuple),
+    ),
 }
 _any_frame = st.one_of(*STRATEGIES.values())
 
@@ -475,3 +502,32 @@ def test_upload_prekeys_reserved_id_refused() -> None:
     data = bytes.fromhex("07 00000009 0001 ffffffff".replace(" ", "")) + bytes.fromhex("11" * 32)
     with pytest.raises(MalformedData, match="reserved"):
         decode_frame(data)
+
+
+def test_list_peers_and_peers_literal_bytes() -> None:
+    """SPEC.md §10: LIST_PEERS and PEERS, both directions, against literal bytes."""
+    assert decode_frame(bytes.fromhex("0f0000002a")) == ListPeersFrame(42)
+    assert encode_frame(ListPeersFrame(42)) == bytes.fromhex("0f0000002a")
+    entry = PeerEntry(bytes(range(16)), "active", b"\x11" * 32, "fr-paris")
+    wire = (
+        bytes.fromhex("10000000070001000102030405060708090a0b0c0d0e0f01" + "11" * 32 + "08")
+        + b"fr-paris"
+    )
+    assert encode_frame(PeersFrame(7, (entry,))) == wire
+    assert decode_frame(wire) == PeersFrame(7, (entry,))
+    assert decode_frame(bytes.fromhex("10000000070000")) == PeersFrame(7, ())
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        "10 00000007 0001 000102030405060708090a0b0c0d0e0f 04" + "11" * 32 + "01 61",  # status
+        "10 00000007 0001 000102030405060708090a0b0c0d0e0f 01" + "11" * 32 + "00",  # empty name
+        "10 00000007 0001 000102030405060708090a0b0c0d0e0f 01" + "11" * 32 + "01 41",  # 'A'
+        "10 00000007 01f5",  # count 501
+        "10 00000007 0001 0001",  # truncated entry
+    ],
+)
+def test_peers_strictness(wire: str) -> None:
+    with pytest.raises(MalformedData):
+        decode_frame(bytes.fromhex(wire.replace(" ", "")))

@@ -441,3 +441,19 @@ async def test_peer_revoked_while_offline_is_told_on_connect(world: World) -> No
     revoked = await paris.expect(f.PeerRevokedFrame)
     assert revoked.cell_id == world.berlin.cell_id
     await paris.close()
+
+
+async def test_list_peers(world: World) -> None:
+    """SPEC.md M-REL-19: PEERS lists exactly the paired cells with status and identity."""
+    paris = await world.paris.connect(world.relay)
+    await paris.send(f.ListPeersFrame(41))
+    peers = await paris.expect(f.PeersFrame)
+    assert peers.request_id == 41
+    assert [(p.name, p.status, p.cell_id, p.identity) for p in peers.peers] == [
+        ("berlin", "active", world.berlin.cell_id, bytes(world.berlin.identity.public))
+    ]
+    rome = await world.rome.connect(world.relay)
+    await rome.send(f.ListPeersFrame(1))
+    assert (await rome.expect(f.PeersFrame)).peers == ()
+    await paris.close()
+    await rome.close()
