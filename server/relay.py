@@ -32,6 +32,7 @@ import contextlib
 import heapq
 import logging
 import os
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from liaison.protocol.link import LinkTransport
 from . import directory, store
 from .directory import CellStatus
 from .settings import Settings
-from .writer import GroupCommitWriter, QueueFull
+from .writer import GroupCommitWriter, QueueFull, WriterOverloaded
 
 __all__ = ["Connection", "Hub", "Relay", "SocketLike"]
 
@@ -126,6 +127,7 @@ class Connection:
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_heard = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class Connection:
         self._tasks = [
             asyncio.create_task(self._writer(), name=f"writer-{self.cell.name}"),
             asyncio.create_task(self._pump(), name=f"pump-{self.cell.name}"),
+            asyncio.create_task(self._watchdog(), name=f"watchdog-{self.cell.name}"),
         ]
         try:
             await self._greet()
@@ -185,11 +188,19 @@ class Connection:
     async def _writer(self) -> None:
         encrypt = self.transport.encrypt
         send = self.socket.send_bytes
+        out = self._out
         while True:
-            data = await self._out.get()
+            data = await out.get()
             if data is None:
                 break
             await send(encrypt(data))
+            while not out.empty():  # drain what is ready without a wakeup per frame
+                data = out.get_nowait()
+                if data is None:
+                    break
+                await send(encrypt(data))
+            if data is None:
+                break
         # Closing: make the reader return so run() can finish.
         await self.socket.close(*(self._closing or (1000, "bye")))
 
@@ -210,20 +221,14 @@ class Connection:
     # -- reading -----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        # No timeout per frame (asyncio.wait_for costs a task and a timer each time): the
+        # watchdog below pings quiet links and closes silent ones.
         decrypt = self.transport.decrypt
-        settings = self.relay.settings
-        idle, interval = settings.idle_timeout_seconds, settings.ping_interval_seconds
-        last_heard = time.monotonic()
+        receive = self.socket.receive_message
+        dispatch = self._dispatch
         while self._closing is None:
-            try:
-                message = await asyncio.wait_for(self.socket.receive_message(), min(interval, idle))
-            except TimeoutError:
-                if time.monotonic() - last_heard >= idle:
-                    self.close(f.ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
-                    return
-                self.send(f.PingFrame(os.urandom(8)))  # a live cell answers with PONG
-                continue
-            last_heard = time.monotonic()
+            message = await receive()
+            self._last_heard = time.monotonic()
             if message is None:
                 return
             try:
@@ -239,7 +244,21 @@ class Connection:
                 # A transport message that does not decrypt: the link cannot resynchronise.
                 self._closing = (f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "bad transport")
                 return
-            self._dispatch(frame)
+            dispatch(frame)
+
+    async def _watchdog(self) -> None:
+        """Ping a link that has been quiet for a ping interval; close one silent for the idle
+        timeout (SPEC.md §6.3)."""
+        settings = self.relay.settings
+        idle, interval = settings.idle_timeout_seconds, settings.ping_interval_seconds
+        while self._closing is None:
+            quiet = time.monotonic() - self._last_heard
+            if quiet >= idle:
+                self.close(f.ErrorCode.IDLE_TIMEOUT, "no frame within the idle timeout")
+                return
+            if quiet >= interval:
+                self.send(f.PingFrame(os.urandom(8)))  # a live cell answers with PONG
+            await asyncio.sleep(min(interval, idle - quiet))
 
     def _dispatch(self, frame: f.Frame) -> None:
         if isinstance(frame, f.SendFrame):
@@ -318,8 +337,12 @@ class Connection:
         if isinstance(exc, QueueFull):
             self._refuse(f.ErrorCode.QUEUE_FULL, row.message_id, "the recipient's queue is full")
             return
+        if isinstance(exc, WriterOverloaded):
+            # Retryable: the cell resends it later (its outbox keeps it until ACCEPTED).
+            self._refuse(f.ErrorCode.RATE_LIMITED, row.message_id, "the relay is busy; resend")
+            return
         if exc is not None:
-            log.error("store failure on send: %s", type(exc).__name__)
+            self.relay.log_store_failure(exc)
             self._refuse(f.ErrorCode.INTERNAL_ERROR, row.message_id, "the relay could not store it")
             return
         seq, duplicate = future.result()
@@ -421,8 +444,13 @@ class Connection:
             await asyncio.sleep(0)  # let the writer run and acks arrive
 
 
+_DELIVER = struct.Struct(">BQ16sQ")
+
+
 def deliver_frame(seq: int, sender: bytes, received_at_ms: int, envelope: bytes) -> bytes:
-    return f.encode_frame(f.DeliverFrame(seq, sender, received_at_ms, envelope))
+    """DELIVER frame bytes, packed directly: every field comes from the relay's own store (a
+    test checks this equals ``encode_frame(DeliverFrame(...))``)."""
+    return _DELIVER.pack(f.FrameType.DELIVER, seq, sender, received_at_ms) + envelope
 
 
 class Hub:
@@ -462,6 +490,17 @@ class Relay:
         self._status: dict[bytes, CellStatus] = {}
         self._peers: dict[bytes, frozenset[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._store_failures = 0
+        self._store_failure_logged = 0.0
+
+    def log_store_failure(self, exc: BaseException) -> None:
+        """Log store failures at most once a second (a failing database fails every send)."""
+        now = time.monotonic()
+        self._store_failures += 1
+        if now - self._store_failure_logged >= 1.0:
+            log.error("store failures: %d (latest: %s)", self._store_failures, type(exc).__name__)
+            self._store_failure_logged = now
+            self._store_failures = 0
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run a non-hot-path request (bundle fetch, prekey upload) in the background."""

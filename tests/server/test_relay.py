@@ -457,3 +457,14 @@ async def test_list_peers(world: World) -> None:
     assert (await rome.expect(f.PeersFrame)).peers == ()
     await paris.close()
     await rome.close()
+
+
+def test_packed_deliver_frame_matches_the_codec() -> None:
+    """The relay packs DELIVER frames by hand on the hot path; they must be the codec's bytes."""
+    from liaison.server.relay import deliver_frame
+
+    envelope = bytes(range(256)) * 16
+    packed = deliver_frame(2**40 + 7, bytes(range(16)), 1_790_000_000_123, envelope)
+    assert packed == f.encode_frame(
+        f.DeliverFrame(2**40 + 7, bytes(range(16)), 1_790_000_000_123, envelope)
+    )
