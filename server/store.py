@@ -17,19 +17,29 @@ Theory of operation:
   sequences); an ``AsyncEngine`` makes them open and commit their own. Durable sends and acks on
   the hot path go through :class:`liaison.server.writer.GroupCommitWriter`, which batches them
   into one transaction per fsync.
+* The write path (dedup lookups, inserts, acks, queue usage) is written once, as synchronous
+  functions on a sync ``Connection`` (``*_sync``): the writer runs a whole batch through them
+  in one call (in its own thread on SQLite, via ``AsyncConnection.run_sync`` on PostgreSQL),
+  and the async functions of the same name are thin ``run_sync`` wrappers around them. Their
+  statements are built once (SQL that does not change with the data, lists bound as one
+  expanding parameter), since on a batch of a few rows building a statement and computing its
+  cache key would cost more than running it.
 * Dialect-specific SQL lives in :mod:`liaison.server.dialect`; nothing here is ORM.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.dml import ReturningInsert
 
 from liaison.server import dialect
 from liaison.server.schema import (
@@ -50,17 +60,23 @@ __all__ = [
     "add_one_time_prekeys",
     "delete_acked",
     "delete_acked_pairs",
+    "delete_acked_pairs_sync",
     "delete_prekeys",
+    "delivered_seqs",
+    "delivered_seqs_sync",
     "existing_seqs",
+    "existing_seqs_sync",
     "forget_expiry_notices",
     "get_signed_prekeys",
     "insert_envelopes",
+    "insert_envelopes_sync",
     "one_time_prekey_count",
     "pending_for",
     "purge_cell_queue",
     "purge_expired",
     "queue_usage",
     "queue_usages",
+    "queue_usages_sync",
     "store_signed_prekeys",
     "take_bundle",
     "take_expiry_notices",
@@ -196,38 +212,14 @@ async def existing_seqs(
 ) -> dict[tuple[bytes, bytes], int]:
     """``{(sender, message_id): seq}`` for those of ``keys`` already stored, queued or
     acknowledged (a tombstone in ``delivered``)."""
-    keys = list(keys)
-    return await _queued_seqs(conn, keys) | await delivered_seqs(conn, keys)
+    return await conn.run_sync(existing_seqs_sync, list(keys))
 
 
 async def delivered_seqs(
     conn: AsyncConnection, keys: Iterable[tuple[bytes, bytes]]
 ) -> dict[tuple[bytes, bytes], int]:
     """``{(sender, message_id): seq}`` for those of ``keys`` delivered and acknowledged."""
-    found: dict[tuple[bytes, bytes], int] = {}
-    for chunk in _chunks(sorted(set(keys)), _KEY_CHUNK):
-        stmt = select(delivered.c.sender, delivered.c.message_id, delivered.c.seq).where(
-            or_(*(and_(delivered.c.sender == s, delivered.c.message_id == m) for s, m in chunk))
-        )
-        for sender, message_id, seq in await conn.execute(stmt):
-            found[(sender, message_id)] = seq
-    return found
-
-
-async def _queued_seqs(
-    conn: AsyncConnection, keys: Iterable[tuple[bytes, bytes]]
-) -> dict[tuple[bytes, bytes], int]:
-    found: dict[tuple[bytes, bytes], int] = {}
-    # ``(a = ? AND b = ?) OR ...`` rather than a row-value IN: SQLite plans the latter as a
-    # table scan, but the former as one unique-index probe per key (PostgreSQL: a bitmap OR).
-    # Chunks stay well under SQLite's expression-depth limit of 1000.
-    for chunk in _chunks(sorted(set(keys)), _KEY_CHUNK):
-        stmt = select(envelopes.c.sender, envelopes.c.message_id, envelopes.c.seq).where(
-            or_(*(and_(envelopes.c.sender == s, envelopes.c.message_id == m) for s, m in chunk))
-        )
-        for sender, message_id, seq in await conn.execute(stmt):
-            found[(sender, message_id)] = seq
-    return found
+    return await conn.run_sync(delivered_seqs_sync, list(keys))
 
 
 async def insert_envelopes(
@@ -236,13 +228,62 @@ async def insert_envelopes(
     """Store ``rows``, ignoring any whose ``(sender, message_id)`` is already stored.
 
     Returns ``(seq, duplicate)`` for each row, in input order. A row is a duplicate when its key
-    was stored before this call or appears earlier in ``rows``; duplicates carry the ``seq`` of
-    the stored copy. Run it inside a transaction and acknowledge only after that commits.
+    was stored before this call (queued, or acknowledged and tombstoned) or appears earlier in
+    ``rows``; duplicates carry the ``seq`` of the stored copy. Run it inside a transaction and
+    acknowledge only after that commits.
     """
     if not rows:
         return []
+    return await conn.run_sync(insert_envelopes_sync, rows)
+
+
+async def queue_usage(bind: Bind, recipient: bytes) -> tuple[int, int]:
+    """``(messages, bytes)`` queued for ``recipient`` (expired but unpurged ones included)."""
+    return (await queue_usages(bind, [recipient])).get(recipient, (0, 0))
+
+
+async def queue_usages(bind: Bind, recipients: Iterable[bytes]) -> dict[bytes, tuple[int, int]]:
+    """``{recipient: (messages, bytes)}`` for those of ``recipients`` with anything queued."""
+    async with _reading(bind) as conn:
+        return await conn.run_sync(queue_usages_sync, list(recipients))
+
+
+# The synchronous twins of the write path. The group-commit writer runs a whole batch as one
+# synchronous function on one connection: in its own thread on SQLite (one thread hop per
+# batch instead of one per statement), through ``AsyncConnection.run_sync`` on PostgreSQL. The
+# async functions above run the same code through ``run_sync``.
+
+
+def existing_seqs_sync(
+    conn: Connection, keys: Iterable[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], int]:
+    """:func:`existing_seqs` on a sync connection."""
+    wanted = set(keys)
+    queued = dialect.rows_with_keys(conn, envelopes, wanted)
+    return queued | dialect.rows_with_keys(conn, delivered, wanted - queued.keys())
+
+
+def delivered_seqs_sync(
+    conn: Connection, keys: Iterable[tuple[bytes, bytes]]
+) -> dict[tuple[bytes, bytes], int]:
+    """:func:`delivered_seqs` on a sync connection."""
+    return dialect.rows_with_keys(conn, delivered, set(keys))
+
+
+@functools.cache
+def _insert_envelopes(name: str) -> ReturningInsert[int, bytes, bytes]:
+    return dialect.insert_ignore_for(name, envelopes, ("sender", "message_id")).returning(
+        envelopes.c.seq, envelopes.c.sender, envelopes.c.message_id
+    )
+
+
+def insert_envelopes_sync(conn: Connection, rows: Sequence[EnvelopeRow]) -> list[tuple[int, bool]]:
+    """:func:`insert_envelopes` on a sync connection (one multi-row ``INSERT ... ON CONFLICT
+    DO NOTHING RETURNING`` per ``insertmanyvalues`` page, after one tombstone lookup)."""
+    if not rows:
+        return []
     # Already delivered and acknowledged: acknowledge again, never store twice (M-REL-4).
-    tombstones = await delivered_seqs(conn, [row.key for row in rows])
+    tombstones = delivered_seqs_sync(conn, [row.key for row in rows])
     unique: dict[tuple[bytes, bytes], EnvelopeRow] = {}
     for row in rows:
         if row.key not in tombstones:
@@ -256,14 +297,11 @@ async def insert_envelopes(
     for _ in range(3):
         if not todo:
             break
-        stmt = dialect.insert_ignore(conn, envelopes, ("sender", "message_id")).returning(
-            envelopes.c.seq, envelopes.c.sender, envelopes.c.message_id
-        )
-        result = await conn.execute(stmt, [_envelope_params(r) for r in todo])
-        for seq, sender, message_id in result:
+        stmt = _insert_envelopes(dialect.dialect_name(conn))
+        for seq, sender, message_id in conn.execute(stmt, [_envelope_params(r) for r in todo]):
             inserted[(sender, message_id)] = seq
         missing = [r.key for r in todo if r.key not in inserted]
-        stored.update(await _queued_seqs(conn, missing) if missing else {})
+        stored.update(dialect.rows_with_keys(conn, envelopes, missing) if missing else {})
         todo = [r for r in todo if r.key not in inserted and r.key not in stored]
         if not todo:
             break
@@ -281,25 +319,63 @@ async def insert_envelopes(
     return out
 
 
-async def queue_usage(bind: Bind, recipient: bytes) -> tuple[int, int]:
-    """``(messages, bytes)`` queued for ``recipient`` (expired but unpurged ones included)."""
-    return (await queue_usages(bind, [recipient])).get(recipient, (0, 0))
+# The write path's statements are built once: building a statement and computing its cache key
+# costs more than running it when a batch holds a few rows. Lists are bound as one "expanding"
+# parameter each.
+_USAGE = (
+    select(envelopes.c.recipient, func.count(), func.coalesce(func.sum(envelopes.c.size), 0))
+    .where(envelopes.c.recipient.in_(bindparam("recipients", expanding=True)))
+    .group_by(envelopes.c.recipient)
+)
+_OWNERS = select(envelopes.c.seq, envelopes.c.recipient).where(
+    envelopes.c.seq.in_(bindparam("seqs", expanding=True))
+)
+_DELETE_ACKED = (
+    delete(envelopes)
+    .where(envelopes.c.seq.in_(bindparam("seqs", expanding=True)))
+    .returning(
+        envelopes.c.seq, envelopes.c.recipient, envelopes.c.sender,
+        envelopes.c.message_id, envelopes.c.expires_at, envelopes.c.size,
+    )
+)  # fmt: skip
 
 
-async def queue_usages(bind: Bind, recipients: Iterable[bytes]) -> dict[bytes, tuple[int, int]]:
-    """``{recipient: (messages, bytes)}`` for those of ``recipients`` with anything queued."""
+def queue_usages_sync(
+    conn: Connection, recipients: Iterable[bytes]
+) -> dict[bytes, tuple[int, int]]:
+    """:func:`queue_usages` on a sync connection."""
     usage: dict[bytes, tuple[int, int]] = {}
-    size = func.coalesce(func.sum(envelopes.c.size), 0)
-    async with _reading(bind) as conn:
-        for chunk in _chunks(sorted(set(recipients))):
-            stmt = (
-                select(envelopes.c.recipient, func.count(), size)
-                .where(envelopes.c.recipient.in_(chunk))
-                .group_by(envelopes.c.recipient)
-            )
-            for recipient, count, total in await conn.execute(stmt):
-                usage[recipient] = (int(count), int(total))
+    for chunk in _chunks(sorted(set(recipients))):
+        for recipient, count, total in conn.execute(_USAGE, {"recipients": chunk}):
+            usage[recipient] = (int(count), int(total))
     return usage
+
+
+def delete_acked_pairs_sync(
+    conn: Connection, pairs: Iterable[tuple[bytes, int]]
+) -> dict[tuple[bytes, int], int]:
+    """:func:`delete_acked_pairs` on a sync connection; also gives each deleted envelope's size
+    (``{(recipient, seq): size}``), for quota accounting."""
+    wanted = set(pairs)
+    owners: dict[int, bytes] = {}
+    for chunk in _chunks(sorted({seq for _, seq in wanted})):
+        for seq, recipient in conn.execute(_OWNERS, {"seqs": chunk}):
+            owners[seq] = recipient
+    matched = sorted(seq for seq, recipient in owners.items() if (recipient, seq) in wanted)
+    deleted: dict[tuple[bytes, int], int] = {}
+    remember = dialect.insert_ignore(conn, delivered, ("sender", "message_id"))
+    for chunk in _chunks(matched):
+        tombstones = []
+        for seq, recipient, sender, message_id, expires_at, size in conn.execute(
+            _DELETE_ACKED, {"seqs": chunk}
+        ):
+            deleted[(recipient, seq)] = size
+            tombstones.append(
+                {"sender": sender, "message_id": message_id, "seq": seq, "expires_at": expires_at}
+            )
+        if tombstones:
+            conn.execute(remember, tombstones)
+    return deleted
 
 
 async def pending_for(
@@ -349,34 +425,9 @@ async def delete_acked_pairs(
     conn: AsyncConnection, pairs: Iterable[tuple[bytes, int]]
 ) -> set[tuple[bytes, int]]:
     """Acks from many recipients at once: delete each ``(recipient, seq)`` whose envelope
-    belongs to that recipient; return the pairs that were deleted (primary-key lookups)."""
-    wanted = set(pairs)
-    owners: dict[int, bytes] = {}
-    for chunk in _chunks(sorted({seq for _, seq in wanted})):
-        stmt = select(envelopes.c.seq, envelopes.c.recipient).where(envelopes.c.seq.in_(chunk))
-        for seq, recipient in await conn.execute(stmt):
-            owners[seq] = recipient
-    matched = sorted(seq for seq, recipient in owners.items() if (recipient, seq) in wanted)
-    deleted: set[tuple[bytes, int]] = set()
-    for chunk in _chunks(matched):
-        gone = (
-            delete(envelopes)
-            .where(envelopes.c.seq.in_(chunk))
-            .returning(
-                envelopes.c.seq, envelopes.c.recipient, envelopes.c.sender,
-                envelopes.c.message_id, envelopes.c.expires_at,
-            )
-        )  # fmt: skip
-        tombstones = []
-        for seq, recipient, sender, message_id, expires_at in await conn.execute(gone):
-            deleted.add((recipient, seq))
-            tombstones.append(
-                {"sender": sender, "message_id": message_id, "seq": seq, "expires_at": expires_at}
-            )
-        if tombstones:
-            remember = dialect.insert_ignore(conn, delivered, ("sender", "message_id"))
-            await conn.execute(remember, tombstones)
-    return deleted
+    belongs to that recipient, leaving a tombstone in ``delivered`` for it; return the pairs
+    that were deleted (primary-key lookups)."""
+    return set(await conn.run_sync(delete_acked_pairs_sync, list(pairs)))
 
 
 async def purge_expired(

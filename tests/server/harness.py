@@ -62,12 +62,15 @@ def free_port() -> int:
 
 
 class RunningRelay:
-    """A relay served by uvicorn in a background thread."""
+    """A relay served by uvicorn in a background thread (``port``: reuse one, e.g. to restart
+    a stopped relay at the same address)."""
 
-    def __init__(self, settings: Settings, relay_key: X25519KeyPair) -> None:
+    def __init__(
+        self, settings: Settings, relay_key: X25519KeyPair, *, port: int | None = None
+    ) -> None:
         self.settings = settings
         self.relay_key = relay_key
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/link"
         self.app = create_app(settings, relay_key=relay_key)
@@ -96,6 +99,14 @@ class RunningRelay:
     @property
     def relay(self) -> Any:
         return self.app.state.relay
+
+    def restarted(self) -> RunningRelay:
+        """Stop this relay and serve a new one on the same port, database and key."""
+        self.stop()
+        again = RunningRelay(self.settings, self.relay_key, port=self.port)
+        again.admin_token = self.admin_token
+        again.start()
+        return again
 
 
 @contextmanager
@@ -133,11 +144,18 @@ def _blocking_token(url: str) -> str:
 
 
 class Admin:
-    """The admin REST API through httpx (a token created directly in the database)."""
+    """The admin REST API through httpx (a token created directly in the database).
 
-    def __init__(self, base_url: str, token: str) -> None:
+    ``transport`` (e.g. ``httpx.ASGITransport(app)``) talks to an in-process app instead."""
+
+    def __init__(
+        self, base_url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.client = httpx.AsyncClient(
-            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+            transport=transport,
         )
 
     async def add_cell(self, name: str) -> tuple[bytes, str]:
@@ -151,6 +169,9 @@ class Admin:
 
     async def action(self, name: str, what: str) -> None:
         (await self.client.post(f"/admin/cells/{name}/{what}")).raise_for_status()
+
+    async def unpair(self, a: str, b: str) -> None:
+        (await self.client.delete(f"/admin/channels/{a}/{b}")).raise_for_status()
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import delete, event, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from liaison.server import store
+from liaison.server import migrate, store
 from liaison.server.db import create_engine
+from liaison.server.dialect import write_transaction
 from liaison.server.schema import envelopes
 from liaison.server.writer import (
     GroupCommitWriter,
@@ -272,3 +275,193 @@ async def test_flush_waits_for_fire_and_forget_acks(engine: AsyncEngine) -> None
         batches = writer.batches
         await writer.flush()  # nothing queued: no transaction for a bare barrier
         assert writer.batches == batches
+
+
+# -- one thread hop per batch, and the quota counters kept by the SQLite writer ------------------
+
+
+def sqlite_only(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL batches run in the event loop (no writer thread)")
+
+
+async def test_a_batch_costs_one_thread_hop(
+    engine: AsyncEngine, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole batch (acks, quota check, tombstone lookup, inserts, commit) runs as one call in
+    the writer's thread: the loop hears back from it exactly once per batch, however many
+    statements the batch took (aiosqlite costs one such hop per statement, fetch and close)."""
+    sqlite_only(db_url)
+    alice, bob = cell(), cell()
+    quota = (1000, 10**9)
+    loop = asyncio.get_running_loop()
+    hops = 0
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, context: Any = None) -> Any:
+        nonlocal hops
+        hops += 1
+        return call_soon_threadsafe(callback, *args, context=context)
+
+    async with GroupCommitWriter(engine, batch_max=64) as writer:
+        [(first, _)] = await asyncio.gather(writer.submit_send(row(bob, alice), quota))
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+        batches = writer.batches
+        results = await asyncio.gather(
+            writer.submit_ack(bob, first),
+            *(writer.submit_send(row(bob, alice), quota) for _ in range(300)),
+        )
+        batches = writer.batches - batches
+        monkeypatch.undo()
+    assert results[0] is True
+    assert batches >= 300 // 64
+    assert hops == batches
+
+
+async def test_quota_counters_follow_sends_acks_and_bytes(engine: AsyncEngine) -> None:
+    alice, bob, carol = cell(), cell(), cell()
+    quota = (3, 200)
+    async with GroupCommitWriter(engine) as writer:
+        stored = [await writer.submit_send(row(bob, alice), quota) for _ in range(3)]
+        with pytest.raises(QueueFull) as full:
+            await writer.submit_send(row(bob, alice), quota)
+        assert (full.value.messages, full.value.size) == (3, 192)
+        assert (await writer.submit_send(row(carol, alice), quota))[1] is False  # own queue
+        # An ack frees one slot; a repeated or foreign ack frees nothing.
+        assert await writer.submit_ack(bob, stored[0][0]) is True
+        assert await writer.submit_ack(bob, stored[0][0]) is False
+        assert await writer.submit_ack(carol, stored[1][0]) is False
+        await writer.submit_send(row(bob, alice), quota)
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+        # Bytes count too: 2 x 64 queued after one more ack, so 72 bytes fit but 73 do not.
+        assert await writer.submit_ack(bob, stored[1][0]) is True
+        with pytest.raises(QueueFull) as full:
+            await writer.submit_send(row(bob, alice, data=b"x" * 73), quota)
+        assert (full.value.messages, full.value.size) == (2, 128)
+        await writer.submit_send(row(bob, alice, data=b"x" * 72), quota)
+        # Rows stored without a quota still count for a later send that has one.
+        await writer.submit_ack(bob, stored[2][0])
+        await writer.submit_send(row(bob, alice))
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+    async with engine.connect() as conn:
+        assert await store.queue_usage(conn, bob) == (3, 200)
+
+
+async def test_quota_counters_see_purges_made_elsewhere(engine: AsyncEngine) -> None:
+    """Expiry and revocation purges and a direct DELETE run on other connections than the
+    writer's: the writer sees that the database changed (SQLite ``data_version``) and counts
+    the queues again, so room freed elsewhere is usable at once and nothing is over-filled."""
+    alice, bob = cell(), cell()
+    now = int(time.time())
+    quota = (2, 10**6)
+    async with GroupCommitWriter(engine) as writer:
+        await writer.submit_send(row(bob, alice, expires_at=now - 10), quota)
+        await writer.submit_send(row(bob, alice, expires_at=now - 5), quota)
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+        assert len(await store.purge_expired(engine, now)) == 2
+        await writer.submit_send(row(bob, alice), quota)
+        await writer.submit_send(row(bob, alice), quota)
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+
+        async with write_transaction(engine) as conn:  # a revocation
+            assert await store.purge_cell_queue(conn, bob) == 2
+        await writer.submit_send(row(bob, alice), quota)
+
+        async with engine.begin() as conn:  # anything else: e.g. an operator's DELETE
+            await conn.execute(delete(envelopes).where(envelopes.c.recipient == bob))
+        await writer.submit_send(row(bob, alice), quota)
+        await writer.submit_send(row(bob, alice), quota)
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+
+        # Rows added behind its back count too (another writer, another relay process).
+        await writer.submit_send(row(alice, bob), quota)
+        async with write_transaction(engine) as conn:
+            await store.insert_envelopes(conn, [row(alice, bob)])
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(alice, bob), quota)
+    assert await envelope_count(engine, recipient=bob) == 2
+    assert await envelope_count(engine, recipient=alice) == 2
+
+
+async def test_quota_counters_survive_a_failed_batch(engine: AsyncEngine) -> None:
+    await install_reject_trigger(engine)
+    alice, bob = cell(), cell()
+    quota = (3, 10**6)
+    async with GroupCommitWriter(engine) as writer:
+        await writer.submit_send(row(bob, alice), quota)
+        failed = await asyncio.gather(
+            writer.enqueue_send(row(bob, alice), quota),
+            writer.enqueue_send(row(bob, alice, precedence=REJECT), quota),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, WriteFailed) for r in failed)
+        # Nothing of the failed batch was counted: two more fit, then the queue is full.
+        await writer.submit_send(row(bob, alice), quota)
+        await writer.submit_send(row(bob, alice), quota)
+        with pytest.raises(QueueFull):
+            await writer.submit_send(row(bob, alice), quota)
+    assert await envelope_count(engine, recipient=bob) == 3
+
+
+async def test_acked_messages_stay_duplicates_on_the_writer_path(engine: AsyncEngine) -> None:
+    """M-REL-4 through the writer: a resend of a queued or an acknowledged message gets the
+    original seq back and is stored once, even in the batch that acknowledges it."""
+    alice, bob = cell(), cell()
+    first, second = row(bob, alice), row(bob, alice)
+    async with GroupCommitWriter(engine) as writer:
+        [(seq1, _), (seq2, _)] = await asyncio.gather(
+            writer.submit_send(first), writer.submit_send(second)
+        )
+        assert await writer.submit_send(first) == (seq1, True)
+        acked, resent = await asyncio.gather(
+            writer.submit_ack(bob, seq1), writer.submit_send(first)
+        )
+        assert acked is True
+        assert resent == (seq1, True)
+        assert await writer.submit_send(first) == (seq1, True)
+        many = await asyncio.gather(*(writer.submit_send(r) for r in [first, second] * 300))
+    assert set(many) == {(seq1, True), (seq2, True)}
+    assert await envelope_count(engine, recipient=bob) == 1
+
+
+async def test_close_stops_the_writer_thread(engine: AsyncEngine, db_url: str) -> None:
+    sqlite_only(db_url)
+
+    def writer_threads() -> int:
+        return sum(t.name == "liaison-writer" and t.is_alive() for t in threading.enumerate())
+
+    before = writer_threads()
+    writer = GroupCommitWriter(engine)
+    writer.start()
+    await writer.submit_send(row(cell(), cell()))
+    assert writer_threads() == before + 1
+    await writer.close()
+    assert writer_threads() == before
+
+
+async def test_an_in_memory_sqlite_database_is_written_in_the_event_loop() -> None:
+    """``:memory:`` cannot be opened by a second connection: the batch runs on the async
+    engine's connection instead (``run_sync``), quotas counted in the database."""
+    engine = create_engine("sqlite+aiosqlite://")
+    try:
+        await migrate.upgrade_async(engine)
+        alice, bob = cell(), cell()
+        async with GroupCommitWriter(engine) as writer:
+            stored, full = await asyncio.gather(
+                writer.submit_send(row(bob, alice), (1, 1000)),
+                writer.submit_send(row(bob, alice), (1, 1000)),
+                return_exceptions=True,
+            )
+            assert isinstance(full, QueueFull)
+            assert isinstance(stored, tuple)
+            seq, duplicate = stored
+            assert duplicate is False
+            assert await writer.submit_ack(bob, seq) is True
+        assert await envelope_count(engine) == 0
+    finally:
+        await engine.dispose()
