@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck pytest bench install install-dev clean
+.PHONY: run test lint typecheck pytest bench demo install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ lint: install-dev
 
 typecheck: install-dev
 	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
-	$(BIN)/mypy tests bench
+	$(BIN)/mypy tests bench scripts
 
 pytest: install-dev
 	$(BIN)/pytest
@@ -37,12 +37,15 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
-	$(BIN)/mypy tests bench
+	$(BIN)/mypy tests bench scripts
 	$(BIN)/pytest
 
 bench: install-dev
 	$(PY) bench/protocol.py
 	$(PY) bench/relay.py
+
+demo: install
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

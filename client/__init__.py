@@ -1,1 +1,65 @@
-"""Liaison client package."""
+"""Liaison client SDK: enroll a cell, send and receive end-to-end-encrypted messages.
+
+``from liaison.client import Cell`` — see :mod:`liaison.client.cell`. The package needs only
+the base dependencies (PyNaCl, cryptography, websockets, httpx, click); it never imports the
+relay (``liaison.server``).
+"""
+
+from __future__ import annotations
+
+from .cell import Cell
+from .errors import (
+    AlreadyEnrolled,
+    BadCode,
+    CellReplaced,
+    CellRevoked,
+    CellSuspended,
+    ClientError,
+    CorruptState,
+    KeyChanged,
+    MessageTooLarge,
+    NotEnrolled,
+    NotPaired,
+    PassphraseRequired,
+    PeerRevoked,
+    PeerUnavailable,
+    ProtocolFailure,
+    RelayUnreachable,
+    StateLocked,
+    UnknownMessage,
+    UnknownPeer,
+    WrongPassphrase,
+)
+from .models import Message, OutboxEntry, Peer, Status
+from .transport import MemoryTransport, Transport, WebSocketTransport
+
+__all__ = [
+    "AlreadyEnrolled",
+    "BadCode",
+    "Cell",
+    "CellReplaced",
+    "CellRevoked",
+    "CellSuspended",
+    "ClientError",
+    "CorruptState",
+    "KeyChanged",
+    "MemoryTransport",
+    "Message",
+    "MessageTooLarge",
+    "NotEnrolled",
+    "NotPaired",
+    "OutboxEntry",
+    "PassphraseRequired",
+    "Peer",
+    "PeerRevoked",
+    "PeerUnavailable",
+    "ProtocolFailure",
+    "RelayUnreachable",
+    "StateLocked",
+    "Status",
+    "Transport",
+    "UnknownMessage",
+    "UnknownPeer",
+    "WebSocketTransport",
+    "WrongPassphrase",
+]

@@ -47,3 +47,7 @@ main.add_command(_server_group(), "server")
 from .admin_cli import admin  # noqa: E402 - registered last, after the groups above
 
 main.add_command(admin)
+
+from .cell_cli import cell  # noqa: E402 - registered after the groups above
+
+main.add_command(cell)

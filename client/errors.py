@@ -1,0 +1,203 @@
+"""The errors of the client SDK: one root, a stable ``code`` and a CLI exit status each.
+
+Every failure a user can cause or meet (a wrong passphrase, an unknown peer, a relay that is
+down, a peer whose key changed) is a :class:`ClientError` subclass, so an application catches
+one type and shows ``error.code`` / ``str(error)``; the ``liaison cell`` CLI exits with
+``error.exit_code``. Exceptions of the libraries underneath (sqlite3, PyNaCl, websockets, httpx)
+never escape the public API: they are translated here.
+
+==========================  ===========================  ====  =================================
+class                       code                         exit  when
+==========================  ===========================  ====  =================================
+UnknownPeer                 ``unknown_peer``              10   no paired cell has that name/id
+NotPaired                   ``not_paired``                11   the relay has no channel with it
+KeyChanged                  ``key_changed``               12   the peer's identity key changed
+RelayUnreachable            ``relay_unreachable``         13   the relay cannot be reached
+BadCode                     ``bad_code``                  14   enrollment code refused (reason)
+WrongPassphrase             ``wrong_passphrase``          15   passphrase does not open state
+PassphraseRequired          ``passphrase_required``       15   the state is sealed, none given
+CorruptState                ``corrupt_state``             16   the state file is unreadable
+CellRevoked                 ``cell_revoked``              17   this cell was revoked
+CellSuspended               ``cell_suspended``            18   this cell is suspended
+NotEnrolled                 ``not_enrolled``              19   no enrolled cell in that home
+AlreadyEnrolled             ``already_enrolled``          20   the home already holds a cell
+CellReplaced                ``replaced``                  21   another process took the link
+PeerRevoked                 ``peer_revoked``              22   the peer cell was revoked
+PeerUnavailable             ``peer_unavailable``          23   the peer has no prekeys (yet)
+MessageTooLarge             ``message_too_large``         24   the body fits no envelope
+UnknownMessage              ``unknown_message``           25   no sent message with that id
+ProtocolFailure             ``protocol_error``            26   the relay broke the protocol
+StateLocked                 ``state_locked``              27   another process holds the file
+==========================  ===========================  ====  =================================
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyEnrolled",
+    "BadCode",
+    "CellReplaced",
+    "CellRevoked",
+    "CellSuspended",
+    "ClientError",
+    "CorruptState",
+    "KeyChanged",
+    "MessageTooLarge",
+    "NotEnrolled",
+    "NotPaired",
+    "PassphraseRequired",
+    "PeerRevoked",
+    "PeerUnavailable",
+    "ProtocolFailure",
+    "RelayUnreachable",
+    "StateLocked",
+    "UnknownMessage",
+    "UnknownPeer",
+    "WrongPassphrase",
+]
+
+
+class ClientError(Exception):
+    """Root of every error the client SDK raises. ``code`` is stable; ``exit_code`` is the
+    status the ``liaison cell`` CLI exits with."""
+
+    code: ClassVar[str] = "client_error"
+    exit_code: ClassVar[int] = 1
+    default_message: ClassVar[str] = "the operation failed"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+
+
+class _PeerError(ClientError):
+    """An error about one peer, named by ``peer`` (a name or a hex cell id)."""
+
+    def __init__(self, peer: str, message: str | None = None) -> None:
+        self.peer = peer
+        super().__init__(message or self.default_message.format(peer=peer))
+
+
+class UnknownPeer(_PeerError):
+    code = "unknown_peer"
+    exit_code = 10
+    default_message = "no paired cell is called {peer!r}"
+
+
+class NotPaired(_PeerError):
+    code = "not_paired"
+    exit_code = 11
+    default_message = "this cell is not paired with {peer!r}"
+
+
+class KeyChanged(_PeerError):
+    code = "key_changed"
+    exit_code = 12
+    default_message = (
+        "the identity key of {peer!r} has changed: compare the new safety number, then accept "
+        "it with verify(..., accept_new_key=True)"
+    )
+
+
+class RelayUnreachable(ClientError):
+    code = "relay_unreachable"
+    exit_code = 13
+    default_message = "the relay cannot be reached"
+
+
+class BadCode(ClientError):
+    """The enrollment code was refused. ``reason`` is the relay's code (``bad_code``,
+    ``code_used``, ``code_expired``, ``cell_not_pending``, ...) or a local one
+    (``malformed``, ``wrong_relay``, ``name_mismatch``)."""
+
+    code = "bad_code"
+    exit_code = 14
+    default_message = "the enrollment code was refused"
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"the enrollment code was refused: {reason}")
+
+
+class WrongPassphrase(ClientError):
+    code = "wrong_passphrase"
+    exit_code = 15
+    default_message = "the passphrase does not open this cell's state"
+
+
+class PassphraseRequired(WrongPassphrase):
+    code = "passphrase_required"
+    default_message = "this cell's state is sealed: a passphrase is required"
+
+
+class CorruptState(ClientError):
+    code = "corrupt_state"
+    exit_code = 16
+    default_message = "the cell's state file is unreadable or corrupted"
+
+
+class CellRevoked(ClientError):
+    code = "cell_revoked"
+    exit_code = 17
+    default_message = "this cell has been revoked by the relay's administrators"
+
+
+class CellSuspended(ClientError):
+    code = "cell_suspended"
+    exit_code = 18
+    default_message = "this cell is suspended by the relay's administrators"
+
+
+class NotEnrolled(ClientError):
+    code = "not_enrolled"
+    exit_code = 19
+    default_message = "no enrolled cell in this home directory"
+
+
+class AlreadyEnrolled(ClientError):
+    code = "already_enrolled"
+    exit_code = 20
+    default_message = "this home directory already holds an enrolled cell"
+
+
+class CellReplaced(ClientError):
+    code = "replaced"
+    exit_code = 21
+    default_message = "another connection of this cell replaced this one"
+
+
+class PeerRevoked(_PeerError):
+    code = "peer_revoked"
+    exit_code = 22
+    default_message = "the cell {peer!r} has been revoked"
+
+
+class PeerUnavailable(_PeerError):
+    code = "peer_unavailable"
+    exit_code = 23
+    default_message = "{peer!r} has not published prekeys (is it enrolled?)"
+
+
+class MessageTooLarge(ClientError):
+    code = "message_too_large"
+    exit_code = 24
+    default_message = "the message does not fit the largest envelope"
+
+
+class UnknownMessage(ClientError):
+    code = "unknown_message"
+    exit_code = 25
+    default_message = "no message with that id was sent from this cell"
+
+
+class ProtocolFailure(ClientError):
+    code = "protocol_error"
+    exit_code = 26
+    default_message = "the relay answered something the protocol does not allow"
+
+
+class StateLocked(ClientError):
+    code = "state_locked"
+    exit_code = 27
+    default_message = "the cell's state file is locked by another process"

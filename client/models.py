@@ -1,0 +1,152 @@
+"""The SDK's public value types: :class:`Message`, :class:`Peer`, :class:`OutboxEntry`.
+
+Ids are lowercase hex strings (message ids 32 characters, cell ids 32, identity keys 64);
+times are timezone-aware UTC ``datetime`` objects; precedences and content types are the
+lowercase names below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from liaison.protocol.envelope import ContentType, Precedence
+
+__all__ = [
+    "CONTENT_TYPES",
+    "PRECEDENCES",
+    "STATUSES",
+    "Message",
+    "OutboxEntry",
+    "Peer",
+    "Status",
+    "content_type_name",
+    "parse_precedence",
+    "precedence_name",
+]
+
+Status = Literal["queued", "accepted", "delivered", "read", "expired", "failed"]
+STATUSES: tuple[Status, ...] = ("queued", "accepted", "delivered", "read", "expired", "failed")
+PRECEDENCES = ("flash", "immediate", "priority", "routine")
+CONTENT_TYPES = {
+    ContentType.TEXT: "text",
+    ContentType.JSON: "json",
+    ContentType.RECEIPT: "receipt",
+    ContentType.FILE_CHUNK: "file",
+    ContentType.CONTROL: "control",
+}
+
+
+def precedence_name(value: int) -> str:
+    return PRECEDENCES[value] if 0 <= value < len(PRECEDENCES) else str(value)
+
+
+def parse_precedence(value: str | int | Precedence) -> Precedence:
+    """``"flash"``/``"immediate"``/``"priority"``/``"routine"`` (any case) or 0..3."""
+    if isinstance(value, str):
+        try:
+            return Precedence(PRECEDENCES.index(value.strip().lower()))
+        except ValueError:
+            raise ValueError(
+                f"precedence must be one of {', '.join(PRECEDENCES)}, not {value!r}"
+            ) from None
+    return Precedence(value)
+
+
+def content_type_name(value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    try:
+        return CONTENT_TYPES[ContentType(value)]
+    except ValueError:
+        return str(value)
+
+
+def utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A paired cell as this cell knows it."""
+
+    name: str
+    """The relay's name for the cell, or its hex cell id while no PEERS frame named it."""
+    cell_id: str
+    status: str
+    """``pending``, ``active``, ``suspended``, ``revoked``, or ``unpaired`` when the relay no
+    longer lists it."""
+    identity: str | None
+    """The pinned identity key (hex), ``None`` until the peer has enrolled."""
+    verified: bool
+    """The operator compared safety numbers (``Cell.verify``)."""
+    key_changed: bool
+    """A different identity key was seen: sending is blocked until it is accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A message this cell sent, with its delivery status."""
+
+    message_id: str
+    peer: str
+    status: Status
+    precedence: str
+    content_type: str
+    created_at: datetime
+    expires_at: datetime
+    relay_seq: int | None
+    error: str | None
+    """For ``failed``: the relay's error code (``not_paired``, ``revoked``, ``queue_full``,
+    ``envelope_too_large``, ``bad_expiry``, ...)."""
+
+
+@dataclass(slots=True)
+class Message:
+    """A received message.
+
+    ``body`` is a ``str`` for ``text`` and ``json`` messages and ``bytes`` for ``file``
+    messages. A message that could not be opened has ``error`` set (``decrypt_failed``,
+    ``key_changed``, ``malformed_body``, ``malformed_envelope``, ``wrong_recipient``) and no
+    body; it was acknowledged to the relay so it never blocks the queue (M-CLI-4).
+    """
+
+    id: str
+    sender: str
+    sender_id: str
+    body: str | bytes | None
+    content_type: str
+    precedence: str
+    marking: str
+    sent_at: datetime | None
+    received_at: datetime
+    seq: int | None = None
+    read: bool = False
+    error: str | None = None
+    _mark_read: Callable[[Message], Awaitable[None]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def text(self) -> str:
+        """The body as text (bytes are decoded as UTF-8 with replacement)."""
+        if isinstance(self.body, bytes):
+            return self.body.decode(errors="replace")
+        return self.body or ""
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.text)
+
+    async def mark_read(self) -> None:
+        """Mark the message read and send the sender an end-to-end-encrypted read receipt."""
+        if self._mark_read is None:
+            raise RuntimeError("this message is not attached to an open cell")
+        await self._mark_read(self)

@@ -1,0 +1,258 @@
+"""Opening one delivered envelope and recording it, atomically (SPEC.md §7.5–§7.6, §11.8–§11.10).
+
+Theory of operation
+-------------------
+:func:`receive` runs for every DELIVER, before the ACK is sent, and is synchronous (no await),
+so nothing else touches the state while it runs:
+
+1. Decode the envelope. One that does not parse is recorded as ``malformed_envelope`` under a
+   message id derived from its bytes (so a redelivery is still a duplicate).
+2. Deduplicate on ``(sender, message_id)`` *before* decrypting (M-CLI-2): the inbox is the set
+   of processed ids. A duplicate is only acknowledged.
+3. Reject an envelope addressed to another cell (M-ENV-4).
+4. A PREKEY envelope whose setup block names an identity other than the one pinned for the
+   sender is held, not opened (M-SES-7, M-SN-2): the new identity becomes the peer's
+   ``pending_identity`` and the envelope is kept so that it can be opened once the operator
+   accepts the key (``Cell.verify(..., accept_new_key=True)``).
+5. Try the sessions with the sender in the order of M-SES-10: the one whose setup ephemeral
+   matches the setup block (M-SES-8), then the current one, then older ones; for a PREKEY
+   envelope none of them opens, build a responder session with ``respond()`` from the prekeys
+   the setup block names (M-SES-6; an unknown or used one-time prekey is a failure).
+6. Commit in **one transaction**: the inbox row, the updated (or new, now current) session,
+   the deletion of the one-time prekey used, the pin of a first-seen identity, and, for a
+   RECEIPT, the outbox status changes (M-SES-9, M-RAT-12). Only after it returns does the caller
+   send the ACK.
+
+A failure to open is recorded as an inbox row with ``decrypt_failed`` and no body and is
+acknowledged like any message (M-CLI-4); no session changes, except that a body which
+authenticated but does not parse keeps the ratchet advance (M-ENV-7).
+
+Receipts (content type RECEIPT) carry ``kind (1 = delivered, 2 = read) ‖ message ids (16 each,
+1..100)``; they are never receipted themselves and never shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+
+from liaison.protocol.envelope import Body, ContentType, Envelope, Routing, SessionSetup
+from liaison.protocol.errors import DecryptionError, LiaisonError, MalformedData
+from liaison.protocol.session import Session, respond
+
+from . import tables
+from .state import Keys, Store
+
+__all__ = ["MAX_RECEIPT_IDS", "Outcome", "build_receipt", "parse_receipt", "receive"]
+
+MAX_RECEIPT_IDS = 100
+RECEIPT_DELIVERED = 1
+RECEIPT_READ = 2
+_FAILURE_KEEP_SECONDS = 30 * 24 * 3600
+
+
+def build_receipt(kind: int, message_ids: list[bytes]) -> bytes:
+    if kind not in (RECEIPT_DELIVERED, RECEIPT_READ) or not 1 <= len(message_ids) <= 100:
+        raise ValueError("a receipt has kind 1 or 2 and 1..100 message ids")
+    return bytes([kind]) + b"".join(message_ids)
+
+
+def parse_receipt(payload: bytes) -> tuple[int, list[bytes]] | None:
+    count, extra = divmod(len(payload) - 1, 16)
+    if not payload or extra or not 1 <= count <= MAX_RECEIPT_IDS or payload[0] not in (1, 2):
+        return None
+    return payload[0], [payload[1 + 16 * i : 17 + 16 * i] for i in range(count)]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What processing one envelope did (the caller ACKs in every case)."""
+
+    duplicate: bool = False
+    shown: bool = False
+    """A row ``messages()`` will yield (a message, or a failure notice)."""
+    receipt_due: bool = False
+    status_changed: bool = False
+    unknown_sender: bool = False
+    key_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    sender: bytes
+    message_id: bytes
+    precedence: int
+    relay_seq: int
+    received_at_ms: int
+    expires_at: int
+
+    def add(
+        self, store: Store, *, body: Body | None = None, payload: bytes | None = None,
+        hidden: bool = False, error: str | None = None, held_envelope: bytes | None = None,
+    ) -> None:  # fmt: skip
+        """Insert this envelope's inbox row."""
+        tables.inbox_add(
+            store, sender=self.sender, message_id=self.message_id, precedence=self.precedence,
+            relay_seq=self.relay_seq, received_at_ms=self.received_at_ms,
+            expires_at=self.expires_at,
+            content_type=None if body is None else int(body.content_type),
+            body=payload, marking="" if body is None else body.marking,
+            seq=None if body is None else body.seq,
+            sent_at_ms=None if body is None else body.sent_at_ms, hidden=hidden, error=error,
+            held_envelope=held_envelope, delivery_receipt=payload is not None,
+        )  # fmt: skip
+
+
+def receive(
+    store: Store,
+    sender: bytes,
+    relay_seq: int,
+    received_at_ms: int,
+    data: bytes,
+    *,
+    replace_row: int | None = None,
+) -> Outcome:
+    """Process one delivered envelope (see the module docstring). ``replace_row`` re-opens a
+    held envelope: that inbox row is replaced in the same transaction."""
+    keys, own = store.keys, store.cell_id
+    assert keys is not None
+    assert own is not None
+    try:
+        envelope = Envelope.decode(data)
+    except MalformedData:
+        return _unreadable(store, sender, relay_seq, received_at_ms, data, replace_row)
+    routing = envelope.routing
+    if replace_row is None and tables.inbox_seen(store, sender, routing.message_id):
+        return Outcome(duplicate=True)
+    base = _Base(sender, routing.message_id, int(routing.precedence), relay_seq, received_at_ms,
+                 routing.expires_at)  # fmt: skip
+    peer = tables.peer_by_id(store, sender)
+    unknown = peer is None or peer.name is None
+    if routing.recipient != own:
+        return _fail(store, base, "wrong_recipient", replace_row, unknown)
+    setup = envelope.setup
+    if setup is not None and peer is not None and peer.identity is not None \
+            and bytes(setup.identity) != peer.identity:  # fmt: skip
+        with store.transaction():
+            if replace_row is not None:
+                tables.inbox_delete(store, replace_row)
+            tables.set_pending_identity(store, sender, bytes(setup.identity))
+            base.add(store, error="key_changed", held_envelope=data)
+        return Outcome(shown=True, unknown_sender=unknown, key_changed=True)
+
+    rows = tables.sessions_for(store, sender)
+    if setup is not None:
+        ephemeral = bytes(setup.ephemeral)
+        rows.sort(key=lambda row: row.setup_ephemeral != ephemeral)  # stable: M-SES-8 first
+    for row in rows:
+        session = row.load()
+        try:
+            body = session.open(envelope)
+        except MalformedData:
+            if session.to_bytes() != row.state:  # authenticated but unparseable: M-ENV-7
+                return _malformed(store, base, session, row.id, None, replace_row, unknown)
+            continue
+        except LiaisonError:
+            continue  # this session does not open it (state unchanged, M-RAT-7)
+        return _commit(store, base, session, row.id, None, body, replace_row, unknown)
+
+    if setup is None:
+        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+    try:
+        session = _respond(store, keys, own, sender, setup)
+    except LiaisonError:
+        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+    before = session.to_bytes()
+    try:
+        body = session.open(envelope)
+    except MalformedData:
+        if session.to_bytes() != before:
+            opk = setup.one_time_prekey_id
+            return _malformed(store, base, session, None, opk, replace_row, unknown)
+        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+    except LiaisonError:
+        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+    return _commit(store, base, session, None, setup.one_time_prekey_id, body, replace_row,
+                   unknown)  # fmt: skip
+
+
+def _respond(store: Store, keys: Keys, own: bytes, sender: bytes, setup: SessionSetup) -> Session:
+    """A responder session from the prekeys the setup block names (M-SES-6)."""
+    if setup.signed_prekey_id != keys.spk_id or setup.kem_prekey_id != keys.kem_id:
+        raise DecryptionError()
+    one_time = None
+    if setup.one_time_prekey_id is not None:
+        one_time = store.one_time_prekey(setup.one_time_prekey_id)
+        if one_time is None:  # unknown, or already used by another session
+            raise DecryptionError()
+    return respond(keys.identity, own, sender, setup, keys.spk, keys.kem, one_time)
+
+
+def _commit(
+    store: Store, base: _Base, session: Session, row_id: int | None, one_time_prekey: int | None,
+    body: Body, replace_row: int | None, unknown: bool,
+) -> Outcome:  # fmt: skip
+    outcome = Outcome(unknown_sender=unknown)
+    with store.transaction():
+        if replace_row is not None:
+            tables.inbox_delete(store, replace_row)
+        tables.ensure_peer(store, base.sender)
+        tables.pin_identity(store, base.sender, bytes(session.peer_identity))
+        tables.save_session(store, row_id, session, current=True)
+        if one_time_prekey is not None:
+            store.delete_one_time_prekey(one_time_prekey)
+        if body.content_type == ContentType.RECEIPT:
+            parsed = parse_receipt(body.payload)
+            if parsed is not None:
+                kind, ids = parsed
+                status = "delivered" if kind == RECEIPT_DELIVERED else "read"
+                outcome.status_changed = tables.outbox_advance(store, base.sender, ids, status) > 0
+            base.add(store, body=body, hidden=True, error=None if parsed else "malformed_receipt")
+        elif body.content_type == ContentType.CONTROL:
+            base.add(store, body=body, hidden=True)
+        else:
+            base.add(store, body=body, payload=body.payload)
+            outcome.shown = outcome.receipt_due = True
+    return outcome
+
+
+def _malformed(
+    store: Store, base: _Base, session: Session, row_id: int | None, one_time_prekey: int | None,
+    replace_row: int | None, unknown: bool,
+) -> Outcome:  # fmt: skip
+    """M-ENV-7: keep the ratchet advance, show nothing but the failure."""
+    with store.transaction():
+        if replace_row is not None:
+            tables.inbox_delete(store, replace_row)
+        tables.ensure_peer(store, base.sender)
+        tables.pin_identity(store, base.sender, bytes(session.peer_identity))
+        tables.save_session(store, row_id, session, current=True)
+        if one_time_prekey is not None:
+            store.delete_one_time_prekey(one_time_prekey)
+        base.add(store, error="malformed_body")
+    return Outcome(shown=True, unknown_sender=unknown)
+
+
+def _fail(store: Store, base: _Base, error: str, replace_row: int | None,
+          unknown: bool) -> Outcome:  # fmt: skip
+    with store.transaction():
+        if replace_row is not None:
+            tables.inbox_delete(store, replace_row)
+        base.add(store, error=error)
+    return Outcome(shown=True, unknown_sender=unknown)
+
+
+def _unreadable(store: Store, sender: bytes, relay_seq: int, received_at_ms: int, data: bytes,
+                replace_row: int | None) -> Outcome:  # fmt: skip
+    """An envelope that does not parse: its id is derived from its bytes."""
+    message_id = hashlib.sha256(b"Liaison unreadable envelope" + data).digest()[:16]
+    with contextlib.suppress(MalformedData, ValueError):
+        message_id = Routing.decode(data).message_id
+    if replace_row is None and tables.inbox_seen(store, sender, message_id):
+        return Outcome(duplicate=True)
+    expires_at = int(time.time()) + _FAILURE_KEEP_SECONDS
+    base = _Base(sender, message_id, 3, relay_seq, received_at_ms, expires_at)
+    return _fail(store, base, "malformed_envelope", replace_row, tables.peer_by_id(store, sender)
+                 is None)  # fmt: skip
