@@ -666,14 +666,7 @@ def print_report(report: Report, options: Options) -> None:
                 f"{scenario:<11}  {name:<8}  {r.rate:8.0f}  {r.p50:8.2f}  {r.p99:8.2f}  "
                 f"{r.server_cpu:7.0%}  {r.generator_cpu:7.0%}  {r.other_cpu:5.0%}  {verdict}"
             )
-    print()
-    for (scenario, name), r in results.items():
-        offered = f", offered {r.offered:.0f}/s" if r.offered is not None else ""
-        lost = f", {r.lost} NOT DELIVERED within {config.drain:g} s (inf latency)" if r.lost else ""
-        refused = f", {r.refused} refused with ERROR" if r.refused else ""
-        print(f"{scenario} / {name}: sent {r.sent}{offered}{refused}{lost}")
-    for note in report.notes:
-        print(note)
+    relay.print_sends(results, config.drain, report.notes)
     print_split(report, options)
 
 

@@ -50,10 +50,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import uvloop
@@ -724,13 +724,18 @@ def print_report(report: Report, config: Config) -> None:
                 f"{scenario:<16}  {name:<8}  {r.rate:8.0f}  {r.p50:7.2f}  {r.p99:7.2f}  "
                 f"{r.server_cpu:7.0%}  {r.generator_cpu:7.0%}  {r.other_cpu:5.0%}  {verdict}"
             )
+    print_sends(results, config.drain, report.notes)
+
+
+def print_sends(results: Mapping[tuple[str, str], Any], drain: float, notes: list[str]) -> None:
+    """Per scenario: what was sent, offered, refused and lost; then the run's notes."""
     print()
     for (scenario, name), r in results.items():
         offered = f", offered {r.offered:.0f}/s" if r.offered is not None else ""
-        lost = f", {r.lost} NOT DELIVERED within {config.drain:g} s (inf latency)" if r.lost else ""
+        lost = f", {r.lost} NOT DELIVERED within {drain:g} s (inf latency)" if r.lost else ""
         refused = f", {r.refused} refused with ERROR" if r.refused else ""
         print(f"{scenario} / {name}: sent {r.sent}{offered}{refused}{lost}")
-    for note in report.notes:
+    for note in notes:
         print(note)
 
 

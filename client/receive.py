@@ -196,13 +196,7 @@ def _commit(
 ) -> Outcome:  # fmt: skip
     outcome = Outcome(unknown_sender=unknown)
     with store.transaction():
-        if replace_row is not None:
-            tables.inbox_delete(store, replace_row)
-        tables.ensure_peer(store, base.sender)
-        tables.pin_identity(store, base.sender, bytes(session.peer_identity))
-        tables.save_session(store, row_id, session, current=True)
-        if one_time_prekey is not None:
-            store.delete_one_time_prekey(one_time_prekey)
+        _keep_session(store, base, session, row_id, one_time_prekey, replace_row)
         if body.content_type == ContentType.RECEIPT:
             parsed = parse_receipt(body.payload)
             if parsed is not None:
@@ -224,15 +218,24 @@ def _malformed(
 ) -> Outcome:  # fmt: skip
     """M-ENV-7: keep the ratchet advance, show nothing but the failure."""
     with store.transaction():
-        if replace_row is not None:
-            tables.inbox_delete(store, replace_row)
-        tables.ensure_peer(store, base.sender)
-        tables.pin_identity(store, base.sender, bytes(session.peer_identity))
-        tables.save_session(store, row_id, session, current=True)
-        if one_time_prekey is not None:
-            store.delete_one_time_prekey(one_time_prekey)
+        _keep_session(store, base, session, row_id, one_time_prekey, replace_row)
         base.add(store, error="malformed_body")
     return Outcome(shown=True, unknown_sender=unknown)
+
+
+def _keep_session(
+    store: Store, base: _Base, session: Session, row_id: int | None,
+    one_time_prekey: int | None, replace_row: int | None,
+) -> None:  # fmt: skip
+    """The session part of a receive, inside the caller's transaction: the advanced session
+    becomes current, the sender's identity is pinned, a used one-time prekey is deleted."""
+    if replace_row is not None:
+        tables.inbox_delete(store, replace_row)
+    tables.ensure_peer(store, base.sender)
+    tables.pin_identity(store, base.sender, bytes(session.peer_identity))
+    tables.save_session(store, row_id, session, current=True)
+    if one_time_prekey is not None:
+        store.delete_one_time_prekey(one_time_prekey)
 
 
 def _fail(store: Store, base: _Base, error: str, replace_row: int | None,
