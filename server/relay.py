@@ -226,7 +226,12 @@ class Connection:
         decrypt = self.transport.decrypt
         receive = self.socket.receive_message
         dispatch = self._dispatch
+        writer = self.relay.writer
         while self._closing is None:
+            if writer.saturated:
+                # Backpressure: stop reading this link (TCP pushes back on the cell) rather
+                # than accept sends only to refuse them as busy.
+                await writer.wait_for_room()
             message = await receive()
             self._last_heard = time.monotonic()
             if message is None:

@@ -179,6 +179,8 @@ class GroupCommitWriter:
         self._max_pending = max_pending if max_pending is not None else 16 * batch_max
         self._on_batch = on_batch
         self._items: deque[_Item] = deque()
+        self._high_water = max(1, self._max_pending // 2)
+        self._room = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -190,6 +192,18 @@ class GroupCommitWriter:
     def pending(self) -> int:
         """Items queued and not yet taken into a batch."""
         return len(self._items)
+
+    @property
+    def saturated(self) -> bool:
+        """More than half of ``max_pending`` items are waiting: producers should pause."""
+        return len(self._items) >= self._high_water
+
+    async def wait_for_room(self) -> None:
+        """Return once the queue is below the high-water mark (backpressure for producers:
+        a relay link stops reading its socket instead of refusing sends as busy)."""
+        while len(self._items) >= self._high_water and not self._closing:
+            self._room.clear()
+            await self._room.wait()
 
     @property
     def batches(self) -> int:
@@ -214,6 +228,7 @@ class GroupCommitWriter:
         """Stop accepting work, commit everything already queued, then stop."""
         self._closing = True
         self._wakeup.set()
+        self._room.set()  # release producers waiting for room
         if self._task is not None:
             await asyncio.wait([self._task])  # its failure, if any, was logged by _run
         self._fail_queued()
@@ -291,6 +306,8 @@ class GroupCommitWriter:
                 continue
             take = min(len(self._items), self._batch_max)
             batch = [self._items.popleft() for _ in range(take)]
+            if len(self._items) < self._high_water:
+                self._room.set()
             live = [item for item in batch if not item.future.done()]  # skip cancelled callers
             if not live:
                 continue

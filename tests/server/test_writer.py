@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import threading
 import time
 from typing import Any
@@ -464,4 +465,27 @@ async def test_an_in_memory_sqlite_database_is_written_in_the_event_loop() -> No
             assert await writer.submit_ack(bob, seq) is True
         assert await envelope_count(engine) == 0
     finally:
+        await engine.dispose()
+
+
+async def test_backpressure_signals_and_releases(tmp_path: pathlib.Path) -> None:
+    """Above half of max_pending the writer reports ``saturated``; ``wait_for_room`` returns
+    once batches drain the queue below that mark (the relay pauses link reads meanwhile)."""
+    from liaison.server.db import create_engine
+    from liaison.server.migrate import upgrade_async
+    from liaison.server.writer import GroupCommitWriter
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bp.db'}"
+    await upgrade_async(url)
+    engine = create_engine(url)
+    writer = GroupCommitWriter(engine, batch_max=4, max_pending=8)
+    try:
+        futures = [writer.enqueue_ack(bytes(16), seq) for seq in range(6)]
+        assert writer.saturated
+        writer.start()
+        await asyncio.wait_for(writer.wait_for_room(), 10)
+        assert writer.pending < 4  # below the high-water mark (half of max_pending)
+        await asyncio.gather(*futures)
+    finally:
+        await writer.close()
         await engine.dispose()
