@@ -150,9 +150,12 @@ async def _handshake(
         return None
     responder = LinkResponder(relay_key.private_bytes())
     try:
-        cell_key, _payload = responder.read_hello(hello)
+        cell_key, payload = responder.read_hello(hello)
     except LiaisonError:
         await socket.close(f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "handshake failed")
+        return None
+    if payload:  # v1 hellos carry nothing: a replayable payload must not mean anything
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "hello payload not empty")
         return None
     cell = await directory.cell_by_link_key(relay.engine, cell_key)
     refusal = _refusal(cell)

@@ -468,3 +468,11 @@ def test_packed_deliver_frame_matches_the_codec() -> None:
     assert packed == f.encode_frame(
         f.DeliverFrame(2**40 + 7, bytes(range(16)), 1_790_000_000_123, envelope)
     )
+
+
+async def test_hello_with_a_payload_is_refused(world: World) -> None:
+    """SPEC.md M-LINK-3: a v1 hello carries an empty payload; anything else is refused."""
+    initiator = LinkInitiator(world.paris.link_key.private_bytes(),
+                              bytes(world.relay.relay_key.public))  # fmt: skip
+    code = await _raw_hello(world.relay, initiator.write_hello(b"extra"))
+    assert code == f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME]
