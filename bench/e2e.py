@@ -309,31 +309,7 @@ class Sdk:
                 asyncio.create_task(self._pace(flow, i, begin + interval * i / pairs, interval))
                 for i in range(pairs)
             ]
-        await asyncio.sleep(max(0.0, flow.start - time.perf_counter()))
-        cpu_server, cpu_sdk = relay.process_cpu_seconds(server_pid), time.process_time()
-        cpu_host = relay.host_busy_seconds()
-        await asyncio.sleep(max(0.0, flow.end - time.perf_counter()))
-        result = relay.Result(
-            server_cpu=(relay.process_cpu_seconds(server_pid) - cpu_server) / config.duration,
-            generator_cpu=(time.process_time() - cpu_sdk) / config.duration,
-            offered=rate,
-        )
-        host = (relay.host_busy_seconds() - cpu_host) / config.duration
-        result.other_cpu = max(0.0, host - result.server_cpu - result.generator_cpu)
-        for slot in flow.slots or ():
-            slot.release()  # wake senders blocked on a full window: they stop
-        _done, stuck = await asyncio.wait(tasks, timeout=config.drain)
-        for task in stuck:
-            task.cancel()
-        deadline = time.perf_counter() + config.drain
-        while flow.pending and time.perf_counter() < deadline:
-            await asyncio.sleep(0.02)
-        late = sum(flow.start <= sent_at < flow.end for sent_at in flow.pending.values())
-        ordered = sorted(flow.latencies) + [float("inf")] * late
-        result.rate = flow.delivered / config.duration
-        result.p50 = relay.percentile(ordered, 0.50) * 1e3
-        result.p99 = relay.percentile(ordered, 0.99) * 1e3
-        result.sent, result.lost = flow.sent, len(flow.pending)
+        result = await relay.measure_window(flow, tasks, config, server_pid, rate)
         self.flow = Flow("idle", pairs, None)
         return result
 

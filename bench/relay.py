@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import httpx
 import uvloop
@@ -279,10 +279,13 @@ class Liaison(Target):
                     )
                     assert code.matches(self.relay_public)
                     request = build_request(
-                        code.secret, cell.identity, bytes(cell.link_key.public),
+                        code.secret,
+                        cell.identity,
+                        bytes(cell.link_key.public),
                         SignedPrekey.create(cell.identity, 1, cell.spk),
-                        SignedKemPrekey.create(cell.identity, 2, cell.kem), (),
-                    )  # fmt: skip
+                        SignedKemPrekey.create(cell.identity, 2, cell.kem),
+                        (),
+                    )
                     hs = EnrollmentInitiator(cell.link_key.private_bytes(), self.relay_public)
                     answer = await http.post("/v1/enroll", content=hs.request(request))
                     response = hs.response(answer.raise_for_status().content)
@@ -377,13 +380,25 @@ def steady_state_envelope(sender: Cell, recipient: Cell) -> bytes:
     expires = int(time.time()) + 3600
 
     def seal(session: Session, payload: bytes) -> bytes:
-        return session.seal(ContentType.TEXT, payload, message_id=os.urandom(16),
-                            precedence=Precedence.ROUTINE, expires_at=expires)  # fmt: skip
+        return session.seal(
+            ContentType.TEXT,
+            payload,
+            message_id=os.urandom(16),
+            precedence=Precedence.ROUTINE,
+            expires_at=expires,
+        )
 
     first = Envelope.decode(seal(alice, b"hello"))
     assert first.setup is not None
-    bob = respond(recipient.identity, recipient.cell_id, sender.cell_id, first.setup,
-                  recipient.spk, recipient.kem, None)  # fmt: skip
+    bob = respond(
+        recipient.identity,
+        recipient.cell_id,
+        sender.cell_id,
+        first.setup,
+        recipient.spk,
+        recipient.kem,
+        None,
+    )
     bob.open(first)
     alice.open(Envelope.decode(seal(bob, b"ok")))
     envelope = seal(alice, PAYLOAD)
@@ -475,10 +490,37 @@ async def run_phase(
             asyncio.create_task(pace(target, tracker, i, begin + interval * i / PAIRS, interval))
             for i in range(PAIRS)
         ]
-    await asyncio.sleep(max(0.0, tracker.start - time.perf_counter()))
+    result = await measure_window(tracker, tasks, config, server_pid, rate)
+    result.refused = tracker.refused
+    tracker.start = tracker.end = float("inf")
+    return result
+
+
+class Window(Protocol):
+    """What ``measure_window`` needs from a load generator's bookkeeping."""
+
+    start: float
+    end: float
+    slots: list[asyncio.Semaphore] | None
+    pending: dict[Any, float]
+    latencies: list[float]
+    delivered: int
+    sent: int
+
+
+async def measure_window(
+    window: Window,
+    tasks: list[asyncio.Task[None]],
+    config: Config,
+    server_pid: int,
+    rate: float | None,
+) -> Result:
+    """Sample CPU over the measuring window, stop the senders, drain deliveries, and turn
+    the latencies into a Result (shared by bench/relay.py and bench/e2e.py)."""
+    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
     cpu_server, cpu_generator = process_cpu_seconds(server_pid), time.process_time()
     cpu_host = host_busy_seconds()
-    await asyncio.sleep(max(0.0, tracker.end - time.perf_counter()))
+    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
     result = Result(
         server_cpu=(process_cpu_seconds(server_pid) - cpu_server) / config.duration,
         generator_cpu=(time.process_time() - cpu_generator) / config.duration,
@@ -486,21 +528,20 @@ async def run_phase(
     )
     host = (host_busy_seconds() - cpu_host) / config.duration
     result.other_cpu = max(0.0, host - result.server_cpu - result.generator_cpu)
-    for slot in tracker.slots or ():  # wake senders blocked on a full window: they stop
+    for slot in window.slots or ():  # wake senders blocked on a full window: they stop
         slot.release()
     _done, stuck = await asyncio.wait(tasks, timeout=config.drain)
     for task in stuck:
         task.cancel()
     deadline = time.perf_counter() + config.drain
-    while tracker.pending and time.perf_counter() < deadline:
+    while window.pending and time.perf_counter() < deadline:
         await asyncio.sleep(0.02)
     # A message sent in the window and still undelivered counts as infinitely late.
-    late = sum(tracker.start <= sent_at < tracker.end for sent_at in tracker.pending.values())
-    ordered = sorted(tracker.latencies) + [float("inf")] * late
-    result.rate = tracker.delivered / config.duration
+    late = sum(window.start <= sent_at < window.end for sent_at in window.pending.values())
+    ordered = sorted(window.latencies) + [float("inf")] * late
+    result.rate = window.delivered / config.duration
     result.p50, result.p99 = percentile(ordered, 0.50) * 1e3, percentile(ordered, 0.99) * 1e3
-    result.sent, result.lost, result.refused = tracker.sent, len(tracker.pending), tracker.refused
-    tracker.start = tracker.end = float("inf")
+    result.sent, result.lost = window.sent, len(window.pending)
     return result
 
 
@@ -643,11 +684,21 @@ async def run(config: Config, tmp: Path) -> Report:
 
     # The Liaison relay is prepared first (enrollment is not measured) but loaded last.
     port = free_port()
-    liaison_server = Server("liaison", [
-        str(venv_bin / "liaison"), "server", "run", "--port", str(port),
-        "--database", f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
-        "--key-file", str(tmp / "relay.key"),
-    ], tmp)  # fmt: skip
+    liaison_server = Server(
+        "liaison",
+        [
+            str(venv_bin / "liaison"),
+            "server",
+            "run",
+            "--port",
+            str(port),
+            "--database",
+            f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
+            "--key-file",
+            str(tmp / "relay.key"),
+        ],
+        tmp,
+    )
     ceiling_server: Server | None = None
     try:
         token = await liaison_server.wait_for_line("admin token:")
@@ -747,8 +798,12 @@ def main() -> None:
     if args.serve_ceiling is not None:
         uvloop.run(serve_ceiling(args.serve_ceiling))
         return
-    config = Config(warmup=1.0 if args.quick else 2.0, duration=3.0 if args.quick else 10.0,
-                    drain=5.0 if args.quick else 10.0, quick=args.quick)  # fmt: skip
+    config = Config(
+        warmup=1.0 if args.quick else 2.0,
+        duration=3.0 if args.quick else 10.0,
+        drain=5.0 if args.quick else 10.0,
+        quick=args.quick,
+    )
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {GENERATOR_CPU})
     tmp = Path(tempfile.mkdtemp(prefix="liaison-bench-"))
