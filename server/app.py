@@ -9,15 +9,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from liaison.protocol.enrollment import EnrollmentCode, secret_hash
 from liaison.protocol.keys import X25519KeyPair
 
 from .admin import build_admin_router
+from .bus import create_bus
 from .db import create_engine
 from .link import build_link_router
+from .metrics import METRICS_TYPE, render_metrics
 from .migrate import check_schema
 from .problems import install_problem_handlers
 from .relay import Relay
@@ -58,20 +60,25 @@ def create_app(
         relay_key, _created = load_or_create(settings.key_file)
     engine = create_engine(settings.database_url)
     writer = GroupCommitWriter(engine, settings.commit_batch_max)
-    relay = Relay(settings, engine, writer)
+    relay = Relay(settings, engine, writer, create_bus(settings.bus_url, settings.bus_channel))
     hooks = RelayHooks(relay, relay_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await check_schema(engine)
         writer.start()
+        await relay.start()
         stop = asyncio.Event()
-        sweeper = asyncio.create_task(relay.run_expiry(stop))
+        background = [
+            asyncio.create_task(relay.run_expiry(stop), name="expiry"),
+            asyncio.create_task(relay.run_fallback(stop), name="bus-fallback"),
+        ]
         try:
             yield
         finally:
             stop.set()
-            await sweeper
+            await asyncio.gather(*background)
+            await relay.bus.close()
             await writer.close()
             await engine.dispose()
 
@@ -96,11 +103,24 @@ def create_app(
 
     @app.get("/readyz", tags=["health"], summary="The database is reachable")
     async def readyz() -> JSONResponse:
+        # The bus is reported, not required: without it the node still delivers (fallback).
+        bus = "connected" if relay.bus.connected else "degraded"
         try:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception:
-            return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
-        return JSONResponse({"status": "ok", "database": "reachable"})
+            return JSONResponse(
+                {"status": "unavailable", "database": "unreachable", "bus": bus}, 503
+            )
+        return JSONResponse({"status": "ok", "database": "reachable", "bus": bus})
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Counters in the Prometheus text format (no secrets, no cell names)",
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(relay), media_type=METRICS_TYPE)
 
     return app

@@ -15,8 +15,10 @@ __all__ = ["server"]
 EXIT_SCHEMA = 4
 
 
-def _settings(database: str | None, key_file: Path | None) -> Settings:
+def _settings(database: str | None, key_file: Path | None, bus: str | None = None) -> Settings:
     overrides: dict[str, object] = {}
+    if bus:
+        overrides["bus_url"] = bus
     if database:
         overrides["database_url"] = database
     if key_file:
@@ -45,20 +47,34 @@ def server() -> None:
     "--key-file",
     type=click.Path(path_type=Path),
     default=None,
-    help="relay static key file [default: ./liaison-relay.key]",
+    help="relay static key file [default: ./liaison-relay.key]; every node of a cluster uses "
+    "the same key",
 )
-def run(host: str, port: int, database: str | None, key_file: Path | None) -> None:
+@click.option(
+    "--bus",
+    envvar="LIAISON_BUS_URL",
+    default=None,
+    help="cross-node bus: memory:// (one node), redis://HOST:PORT or nats://HOST:PORT "
+    "[default: memory://; env LIAISON_BUS_URL]",
+)
+def run(host: str, port: int, database: str | None, key_file: Path | None, bus: str | None) -> None:
     """Start the relay. On first start: create the relay key, migrate an empty database and
     print the relay key fingerprint and a first admin token."""
     import uvicorn
 
     from .admin_auth import count_admin_tokens, create_admin_token
     from .app import create_app
+    from .bus import BusError, bus_kind
     from .db import create_engine
     from .migrate import SchemaMismatch, check_schema, current_revision_async, upgrade_async
     from .relay_key import fingerprint_text, load_or_create
 
-    settings = _settings(database, key_file)
+    settings = _settings(database, key_file, bus)
+    try:
+        bus_kind(settings.bus_url)
+    except BusError as exc:
+        click.echo(f"liaison: {exc}", err=True)
+        sys.exit(2)
     key, created = load_or_create(settings.key_file)
 
     async def prepare() -> str | None:

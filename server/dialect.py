@@ -30,6 +30,9 @@ Theory of operation:
   ``unnest`` of two ``bytea[]`` parameters. SQLite (no array type, and a row-value ``IN
   (VALUES ...)`` is planned as a table scan) joins a ``SELECT ?, ? UNION ALL ...`` CTE, padded
   to one of a few fixed sizes; both are one unique-index probe per key.
+* **One node of many** (the expiry sweeper): :func:`try_session_lock` is PostgreSQL's
+  session-level ``pg_try_advisory_lock``: one node holds it for as long as its connection
+  lives, and the next node to ask gets it when that node dies. SQLite serves one node.
 * **Change detection on SQLite.** :func:`data_version` reads ``PRAGMA data_version``, which
   changes exactly when *another* connection has committed to the database since this
   connection last looked: the writer's in-memory quota counters use it to notice writes made
@@ -81,6 +84,7 @@ __all__ = [
     "lock_keys_sync",
     "rows_with_keys",
     "skip_locked",
+    "try_session_lock",
     "upsert",
     "write_transaction",
 ]
@@ -167,6 +171,20 @@ def advisory_key(namespace: bytes, key: bytes) -> int:
     """A signed 64-bit advisory-lock key for ``key`` within ``namespace``."""
     digest = hashlib.blake2b(key, digest_size=8, person=namespace[:16]).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+async def try_session_lock(conn: AsyncConnection, namespace: bytes, key: bytes) -> bool:
+    """Take a lock held for ``conn``'s whole session, if nobody holds it: PostgreSQL's
+    ``pg_try_advisory_lock`` (released when the session ends, so a dead node's role passes to
+    the next node that asks). SQLite has one relay process per database file: always True."""
+    if dialect_name(conn) != "postgresql":
+        return True
+    result = await conn.execute(
+        select(func.pg_try_advisory_lock(bindparam("key", advisory_key(namespace, key))))
+    )
+    held = bool(result.scalar())
+    await conn.commit()
+    return held
 
 
 _LOCK_MANY = text(

@@ -172,3 +172,17 @@ async def peers_of(db: Executor, cell_id: bytes) -> list[bytes]:
     )
     rows = (await db.execute(query)).all()
     return sorted(bytes(row.cell_b if bytes(row.cell_a) == cell_id else row.cell_a) for row in rows)
+
+
+async def statuses(db: Executor, cell_ids: list[bytes]) -> dict[bytes, CellStatus]:
+    """The current status of each of ``cell_ids`` that exists (the fallback poll's check)."""
+    if isinstance(db, AsyncEngine):
+        async with db.connect() as conn:
+            return await statuses(conn, cell_ids)
+    found: dict[bytes, CellStatus] = {}
+    for start in range(0, len(cell_ids), 500):
+        chunk = cell_ids[start : start + 500]
+        query = select(cells.c.id, cells.c.status).where(cells.c.id.in_(chunk))
+        for row in await db.execute(query):
+            found[bytes(row.id)] = CellStatus(row.status)
+    return found

@@ -54,7 +54,8 @@ from liaison.protocol.keys import (
 )
 from liaison.protocol.link import LinkTransport
 
-from . import directory, store
+from . import dialect, directory, store
+from .bus import Bus, MemoryBus
 from .directory import CellStatus
 from .settings import Settings
 from .writer import GroupCommitWriter, QueueFull, WriterOverloaded
@@ -122,8 +123,10 @@ class Connection:
         self.cell_id = cell.id
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue(OUTGOING_MAX)
         self._live: list[tuple[int, int, bytes]] = []  # heap of (precedence, seq, frame)
-        self._live_overflow = False
+        self._reread = False  # the store holds envelopes not (or no longer) in _live
         self._sent: set[int] = set()  # delivered, not yet acknowledged
+        self._acking: set[int] = set()  # acknowledged, deletion not yet committed
+        self.linked_at_ns = time.time_ns()  # orders links of one cell across nodes
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -269,8 +272,12 @@ class Connection:
         if isinstance(frame, f.SendFrame):
             self._on_send(frame.envelope)
         elif isinstance(frame, f.AckFrame):
-            self._sent.discard(frame.relay_seq)
-            self.relay.writer.enqueue_ack(self.cell_id, frame.relay_seq)
+            seq = frame.relay_seq
+            self._sent.discard(seq)
+            # Until the deletion commits, a re-read of the store must not hand it out again.
+            self._acking.add(seq)
+            done = self.relay.writer.enqueue_ack(self.cell_id, seq)
+            done.add_done_callback(lambda _fut: self._acking.discard(seq))
             self.relay.metrics.acked += 1
         elif isinstance(frame, f.FetchBundleFrame):
             self.relay.spawn(self._on_fetch_bundle(frame))
@@ -370,9 +377,7 @@ class Connection:
             return
         self.send(f.BundleFrame(frame.request_id, bundle.one_time_prekey is None, bundle.encode()))
         if remaining < self.relay.settings.prekeys_low_threshold:
-            owner = self.relay.hub.get(frame.cell_id)
-            if owner is not None:
-                owner.send(f.PrekeysLowFrame(remaining))
+            self.relay.prekeys_low(frame.cell_id, remaining)
 
     async def _on_list_peers(self, request_id: int) -> None:
         """M-REL-19: every cell sharing a channel with this one, with status and identity."""
@@ -403,18 +408,29 @@ class Connection:
     def push(self, delivery: _Delivery) -> None:
         """An envelope accepted for this cell while it is connected (from memory)."""
         if len(self._live) >= OUTGOING_MAX:
-            self._live_overflow = True  # it is in the store: the pump will re-read it
+            self._reread = True  # it is in the store: the pump will re-read it
         else:
             heapq.heappush(self._live, (delivery.precedence, delivery.seq, delivery.frame))
         self._wake.set()
+
+    def reread(self) -> None:
+        """The store may hold envelopes for this cell that this link has not seen (committed
+        by another node, or a bus hint was lost): read the queue again."""
+        self._reread = True
+        self._wake.set()
+
+    @property
+    def outstanding(self) -> int:
+        """Envelopes of this cell's queue that this link knows about (sent or being acked)."""
+        return len(self._sent) + len(self._acking)
 
     async def _pump(self) -> None:
         await self._drain_store()
         while self._closing is None:
             await self._wake.wait()
             self._wake.clear()
-            if self._live_overflow:
-                self._live_overflow = False
+            if self._reread:
+                self._reread = False
                 self._live.clear()
                 await self._drain_store()
                 continue
@@ -434,7 +450,7 @@ class Connection:
         higher precedence go out between pages."""
         while self._closing is None:
             page = await store.pending_for(
-                self.relay.engine, self.cell_id, PAGE, exclude=self._sent
+                self.relay.engine, self.cell_id, PAGE, exclude=self._sent | self._acking
             )
             if not page:
                 return
@@ -459,16 +475,30 @@ def deliver_frame(seq: int, sender: bytes, received_at_ms: int, envelope: bytes)
 
 
 class Hub:
-    """At most one live connection per cell, on this node."""
+    """At most one live connection per cell, on this node (and, through the bus, in the
+    cluster: ``on_register`` announces each new link)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_register: Callable[[Connection], None] | None = None) -> None:
         self._connections: dict[bytes, Connection] = {}
+        self._on_register = on_register
 
     def register(self, conn: Connection) -> None:
         old = self._connections.get(conn.cell_id)
         self._connections[conn.cell_id] = conn
         if old is not None:
             old.close(f.ErrorCode.REPLACED, "a newer connection for this cell replaced this one")
+        if self._on_register is not None:
+            self._on_register(conn)
+
+    def replaced_elsewhere(self, cell_id: bytes, linked_at_ns: int, node: str, me: str) -> None:
+        """Another node linked ``cell_id``: close ours if it is the older link (ties broken by
+        node id, so two simultaneous links never close each other)."""
+        conn = self._connections.get(cell_id)
+        if conn is not None and (conn.linked_at_ns, me) < (linked_at_ns, node):
+            conn.close(f.ErrorCode.REPLACED, "a newer connection for this cell replaced this one")
+
+    def cells(self) -> list[bytes]:
+        return list(self._connections)
 
     def unregister(self, conn: Connection) -> None:
         if self._connections.get(conn.cell_id) is conn:
@@ -484,11 +514,20 @@ class Hub:
 class Relay:
     """Shared state of one relay node: store, writer, hub, directory cache, metrics."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, writer: GroupCommitWriter) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        writer: GroupCommitWriter,
+        bus: Bus | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.writer = writer
-        self.hub = Hub()
+        self.bus = bus or MemoryBus()
+        self.node = os.urandom(8).hex()
+        self.hub = Hub(None if self.bus.local_only else self._announce_link)
+        self._wakes: set[bytes] = set()  # recipients on other nodes to wake after this tick
         self.metrics = Metrics()
         self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
         self.unauthenticated = 0
@@ -497,6 +536,8 @@ class Relay:
         self._background: set[asyncio.Task[Any]] = set()
         self._store_failures = 0
         self._store_failure_logged = 0.0
+        self.sweeper = False  # this node runs the expiry sweep
+        self.polls = 0
 
     def log_store_failure(self, exc: BaseException) -> None:
         """Log store failures at most once a second (a failing database fails every send)."""
@@ -537,14 +578,23 @@ class Relay:
         return None
 
     async def directory_changed(self) -> None:
-        """Channels changed: refresh every connected cell's peer set."""
+        """Admin hook: channels changed (after the commit). Every node drops its caches."""
+        await self._publish({"k": "directory"})
+        await self._reload_directory()
+
+    async def _reload_directory(self) -> None:
         self._peers.clear()
         self._status.clear()
-        for cell_id in list(self.hub._connections):
+        for cell_id in self.hub.cells():
             await self.load_cell(cell_id)
 
     async def on_cell_status(self, cell_id: bytes, status: str, peers: list[bytes]) -> None:
-        """Admin hook: a cell was suspended, resumed or revoked (after the commit)."""
+        """Admin hook: a cell was suspended, resumed or revoked (after the commit). Applied
+        here and on every other node (the bus; the fallback poll if the hint is lost)."""
+        await self._publish({"k": "status", "c": cell_id.hex()})
+        self._apply_status(cell_id, status, peers)
+
+    def _apply_status(self, cell_id: bytes, status: str, peers: list[bytes]) -> None:
         self._status[cell_id] = CellStatus(status)
         conn = self.hub.get(cell_id)
         if status == CellStatus.REVOKED:
@@ -582,11 +632,32 @@ class Relay:
         if conn is not None:
             frame = deliver_frame(seq, row.sender, row.received_at_ms, row.data)
             conn.push(_Delivery(seq, row.precedence, frame))
+        elif not self.bus.local_only:
+            # The recipient may be linked to another node: one wake-up per loop tick, for
+            # every recipient of the batch that just committed.
+            if not self._wakes:
+                asyncio.get_running_loop().call_soon(self._send_wakes)
+            self._wakes.add(row.recipient)
+
+    def _send_wakes(self) -> None:
+        cells, self._wakes = self._wakes, set()
+        self.spawn(self._publish({"k": "wake", "c": [c.hex() for c in cells]}))
+
+    def prekeys_low(self, cell_id: bytes, remaining: int) -> None:
+        owner = self.hub.get(cell_id)
+        if owner is not None:
+            owner.send(f.PrekeysLowFrame(remaining))
+        elif not self.bus.local_only:
+            self.spawn(self._publish({"k": "prekeys_low", "c": cell_id.hex(), "n": remaining}))
 
     async def sweep_expired(self) -> int:
-        """Purge expired envelopes; tell connected senders now, others when they connect."""
+        """Purge expired envelopes; tell connected senders now (on any node), others when they
+        connect."""
         purged = await store.purge_expired(self.engine, int(time.time()))
         self.metrics.expired += len(purged)
+        elsewhere = {n.sender for n in purged if self.hub.get(n.sender) is None}
+        if elsewhere and not self.bus.local_only:
+            await self._publish({"k": "expired", "c": [c.hex() for c in elsewhere]})
         told = []
         for sender, message_id, recipient in purged:
             conn = self.hub.get(sender)
@@ -597,14 +668,129 @@ class Relay:
             await store.forget_expiry_notices(self.engine, told)
         return len(purged)
 
+    async def _hand_over_notices(self, sender: bytes) -> None:
+        """Another node purged envelopes of ``sender``, linked here: take its notices from
+        the store (the truth) and send them."""
+        conn = self.hub.get(sender)
+        if conn is None:
+            return
+        for _sender, message_id, recipient in await store.take_expiry_notices(self.engine, sender):
+            conn.send(f.ExpiredFrame(message_id, recipient))
+
+    async def _recheck_status(self, cell_id: bytes) -> None:
+        """A status hint from another node: apply what the store says, not what the hint
+        says (a forged hint cannot disconnect or revoke anyone)."""
+        record = await directory.cell_by_id(self.engine, cell_id)
+        if record is None:
+            return
+        if self._status.get(cell_id) != record.status or self.hub.get(cell_id) is not None:
+            peers = await directory.peers_of(self.engine, cell_id)
+            self._apply_status(cell_id, record.status.value, peers)
+
     async def run_expiry(self, stop: asyncio.Event) -> None:
+        """Sweep every ``expiry_sweep_seconds`` while this node holds the cluster's sweeper
+        lock (PostgreSQL: a session advisory lock, so exactly one node sweeps and another takes
+        over when it dies; SQLite: this node is the only one)."""
+        async with contextlib.AsyncExitStack() as stack:
+            while not stop.is_set():
+                try:
+                    if not self.sweeper:
+                        self.sweeper = await self._become_sweeper(stack)
+                    if self.sweeper:
+                        await self.sweep_expired()
+                except Exception:
+                    log.exception("expiry sweep failed")
+                    self.sweeper = False
+                    await stack.aclose()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.expiry_sweep_seconds)
+
+    async def _become_sweeper(self, stack: contextlib.AsyncExitStack) -> bool:
+        conn = await stack.enter_async_context(self.engine.connect())
+        held = await dialect.try_session_lock(conn, b"liaison", b"expiry-sweeper")
+        if not held:
+            await stack.aclose()
+        return held
+
+    # -- the bus ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start receiving bus hints."""
+        await self.bus.start(self.on_bus)
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        if not self.bus.local_only:
+            message["n"] = self.node
+            await self.bus.publish(message)
+
+    def _announce_link(self, conn: Connection) -> None:
+        self.spawn(self._publish({"k": "link", "c": conn.cell_id.hex(), "t": conn.linked_at_ns}))
+
+    def on_bus(self, message: dict[str, Any]) -> None:
+        """A hint from another node (see ``bus.py``). Malformed hints are ignored: the bus is
+        not trusted with anything the store cannot confirm."""
+        node = message.get("n")
+        if not isinstance(node, str) or node == self.node:
+            return
+        try:
+            kind = message["k"]
+            if kind == "wake":
+                for cell in message["c"]:
+                    conn = self.hub.get(bytes.fromhex(cell))
+                    if conn is not None:
+                        conn.reread()
+            elif kind == "link":
+                self.hub.replaced_elsewhere(
+                    bytes.fromhex(message["c"]), int(message["t"]), node, self.node
+                )
+            elif kind == "status":
+                self.spawn(self._recheck_status(bytes.fromhex(message["c"])))
+            elif kind == "directory":
+                self.spawn(self._reload_directory())
+            elif kind == "expired":
+                for cell in message["c"]:
+                    self.spawn(self._hand_over_notices(bytes.fromhex(cell)))
+            elif kind == "prekeys_low":
+                owner = self.hub.get(bytes.fromhex(message["c"]))
+                if owner is not None:
+                    owner.send(f.PrekeysLowFrame(int(message["n"])))
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignored a malformed bus message of kind %r", message.get("k"))
+
+    async def run_fallback(self, stop: asyncio.Event) -> None:
+        """The store is the truth: every ``bus_fallback_seconds``, re-read the queues of
+        linked cells that hold envelopes their link has not seen, and re-check the status of
+        every cached cell (revocations whose hint was lost). Runs only with a shared bus."""
+        if self.bus.local_only:
+            return
+        interval = self.settings.bus_fallback_seconds
         while not stop.is_set():
-            try:
-                await self.sweep_expired()
-            except Exception:
-                log.exception("expiry sweep failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.expiry_sweep_seconds)
+                await asyncio.wait_for(stop.wait(), interval)
+            try:
+                await self.poll_store()
+            except Exception as exc:  # keep polling
+                self.log_store_failure(exc)
+
+    async def poll_store(self) -> None:
+        """One fallback pass (see :meth:`run_fallback`)."""
+        linked = self.hub.cells()
+        if linked:
+            counts = await store.queue_counts(self.engine, linked)
+            for cell_id, count in counts.items():
+                conn = self.hub.get(cell_id)
+                if conn is not None and count > conn.outstanding:
+                    conn.reread()
+        cached = list(self._status)
+        if cached:
+            statuses = await directory.statuses(self.engine, cached)
+            for cell_id, status in statuses.items():
+                if self._status.get(cell_id) != status:
+                    peers = list(self._peers.get(cell_id, frozenset()))
+                    self._apply_status(cell_id, status.value, peers)
+        self.polls += 1
+        if self.polls % 10 == 0:  # channel changes whose hint was lost
+            await self._reload_directory()
 
 
 OnStatus = Callable[[bytes, str, list[bytes]], Awaitable[None]]

@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     key_file: Path = Path("./liaison-relay.key")
+    # Several nodes on one PostgreSQL: the bus carries cross-node hints (bus.py); every
+    # ``bus_fallback_seconds`` each node re-reads the store for what a lost hint would have said.
     bus_url: str = "memory://"
+    bus_fallback_seconds: float = Field(default=1.0, gt=0, le=60)
+    # The Redis channel / NATS subject: deployments sharing one bus server use distinct ones.
+    bus_channel: str = Field(default="liaison.events", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
     # Store-and-forward limits (SPEC.md §11).
     max_envelope_bytes: int = Field(default=65280, ge=4096, le=65280)

@@ -248,6 +248,23 @@ async def queue_usages(bind: Bind, recipients: Iterable[bytes]) -> dict[bytes, t
         return await conn.run_sync(queue_usages_sync, list(recipients))
 
 
+async def queue_counts(bind: Bind, recipients: Sequence[bytes]) -> dict[bytes, int]:
+    """``{recipient: unexpired envelopes queued}`` for those of ``recipients`` with any (the
+    cluster's fallback poll: one grouped query per 500 linked cells)."""
+    now = int(time.time())
+    counts: dict[bytes, int] = {}
+    async with _reading(bind) as conn:
+        for chunk in _chunks(recipients):
+            stmt = (
+                select(envelopes.c.recipient, func.count())
+                .where(envelopes.c.recipient.in_(chunk), envelopes.c.expires_at > now)
+                .group_by(envelopes.c.recipient)
+            )
+            for recipient, count in await conn.execute(stmt):
+                counts[bytes(recipient)] = int(count)
+    return counts
+
+
 # The synchronous twins of the write path. The group-commit writer runs a whole batch as one
 # synchronous function on one connection: in its own thread on SQLite (one thread hop per
 # batch instead of one per statement), through ``AsyncConnection.run_sync`` on PostgreSQL. The

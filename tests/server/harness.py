@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import uvicorn
@@ -52,6 +52,19 @@ from liaison.server.migrate import upgrade
 from liaison.server.settings import Settings
 
 F = TypeVar("F", bound=f.Frame)
+
+
+class Endpoint(Protocol):
+    """What a raw cell needs of a relay: a :class:`RunningRelay`, or one node of a cluster."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def ws_url(self) -> str: ...
+    @property
+    def relay_key(self) -> X25519KeyPair: ...
+    @property
+    def links(self) -> list[Link]: ...
 
 
 def free_port() -> int:
@@ -190,7 +203,7 @@ class RawCell:
     cell_id: bytes = b""
     sessions: dict[bytes, Session] = field(default_factory=dict)
 
-    async def enroll(self, relay: RunningRelay, code_text: str, otk_count: int = 5) -> None:
+    async def enroll(self, relay: Endpoint, code_text: str, otk_count: int = 5) -> None:
         code = EnrollmentCode.parse(code_text)
         async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
             info = (await http.get("/v1/relay")).json()
@@ -211,7 +224,7 @@ class RawCell:
         assert answer.cell_id is not None
         self.cell_id = answer.cell_id
 
-    async def connect(self, relay: RunningRelay) -> Link:
+    async def connect(self, relay: Endpoint) -> Link:
         ws = await websockets.connect(relay.ws_url, compression=None, max_size=2**17)
         initiator = LinkInitiator(self.link_key.private_bytes(), bytes(relay.relay_key.public))
         await ws.send(initiator.write_hello())
