@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck pytest bench demo install install-dev clean
+.PHONY: run test lint typecheck pytest bench demo install install-dev clean reliability
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ test: install-dev
 bench: install-dev
 	$(PY) bench/protocol.py
 	$(PY) bench/relay.py
+
+# The reliability suites (issue #5) at full size; regenerates docs/reliability.md and prints
+# it. `make test` runs the same suites at a small size.
+RELIABILITY_ROWS := .reliability-rows.jsonl
+reliability: install-dev
+	rm -f $(RELIABILITY_ROWS)
+	LIAISON_RELIABILITY=full LIAISON_RELIABILITY_REPORT=$(CURDIR)/$(RELIABILITY_ROWS) \
+		LIAISON_TEST_REQUIRE_POSTGRES=1 $(BIN)/pytest tests/reliability
+	$(PY) scripts/reliability_report.py $(RELIABILITY_ROWS) --out docs/reliability.md
 
 demo: install
 	$(PY) scripts/demo.py

@@ -28,6 +28,7 @@ replaces the old one, which is told ``replaced`` and closed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -66,6 +67,7 @@ log = logging.getLogger("liaison.relay")
 
 PAGE = 256  # envelopes per backlog query
 OUTGOING_MAX = 4096  # frames queued to one connection before it counts as a slow consumer
+ACKED_MEMORY = 2 * OUTGOING_MAX  # acknowledged sequence numbers a link remembers
 
 
 class SocketLike:
@@ -126,6 +128,10 @@ class Connection:
         self._reread = False  # the store holds envelopes not (or no longer) in _live
         self._sent: set[int] = set()  # delivered, not yet acknowledged
         self._acking: set[int] = set()  # acknowledged, deletion not yet committed
+        # Recently acknowledged (bounded): an envelope both pushed from memory and read from
+        # the store must not go out again after its ACK.
+        self._acked: set[int] = set()
+        self._acked_order: collections.deque[int] = collections.deque()
         self.linked_at_ns = time.time_ns()  # orders links of one cell across nodes
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
@@ -276,6 +282,7 @@ class Connection:
             self._sent.discard(seq)
             # Until the deletion commits, a re-read of the store must not hand it out again.
             self._acking.add(seq)
+            self._remember_ack(seq)
             done = self.relay.writer.enqueue_ack(self.cell_id, seq)
             done.add_done_callback(lambda _fut: self._acking.discard(seq))
             self.relay.metrics.acked += 1
@@ -438,8 +445,14 @@ class Connection:
                 _precedence, seq, frame = heapq.heappop(self._live)
                 self._deliver(seq, frame)
 
+    def _remember_ack(self, seq: int) -> None:
+        self._acked.add(seq)
+        self._acked_order.append(seq)
+        if len(self._acked_order) > ACKED_MEMORY:
+            self._acked.discard(self._acked_order.popleft())
+
     def _deliver(self, seq: int, frame: bytes) -> None:
-        if seq in self._sent:
+        if seq in self._sent or seq in self._acked:
             return
         self._sent.add(seq)
         self.relay.metrics.delivered += 1
