@@ -15,6 +15,7 @@ from sqlalchemy import text
 from liaison.protocol.enrollment import EnrollmentCode, secret_hash
 from liaison.protocol.keys import X25519KeyPair
 
+from . import store
 from .admin import build_admin_router
 from .bus import create_bus
 from .db import create_engine
@@ -59,7 +60,11 @@ def create_app(
     if relay_key is None:
         relay_key, _created = load_or_create(settings.key_file)
     engine = create_engine(settings.database_url)
-    writer = GroupCommitWriter(engine, settings.commit_batch_max)
+    writer = GroupCommitWriter(
+        engine,
+        settings.commit_batch_max,
+        on_batch=lambda items, seconds: relay.metrics.on_batch(items, seconds),
+    )
     relay = Relay(settings, engine, writer, create_bus(settings.bus_url, settings.bus_channel))
     hooks = RelayHooks(relay, relay_key)
 
@@ -121,6 +126,10 @@ def create_app(
         response_class=PlainTextResponse,
     )
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(render_metrics(relay), media_type=METRICS_TYPE)
+        try:
+            queues: dict[int, tuple[int, float]] | None = await store.queue_depths(engine)
+        except Exception:  # the counters are still worth serving without the database
+            queues = None
+        return PlainTextResponse(render_metrics(relay, queues), media_type=METRICS_TYPE)
 
     return app

@@ -7,15 +7,54 @@ per node (``liaison_node_info`` carries the node's random id for telling nodes a
 
 from __future__ import annotations
 
-from .relay import Relay
+import bisect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["METRICS_TYPE", "render_metrics"]
+if TYPE_CHECKING:
+    from .relay import Relay
+
+__all__ = ["METRICS_TYPE", "Histogram", "render_metrics"]
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Seconds an envelope waited in the relay before it was delivered (queue age at delivery).
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0, 86400.0)
+#: Items per group commit.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Seconds per group commit (fsync included).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 
-def render_metrics(relay: Relay) -> str:
-    """The exposition text for ``relay``'s current counters."""
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str) -> list[str]:
+        out, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            out.append(f'{name}_bucket{{le="{le}"}} {running}')
+        out += [f"{name}_sum {self.sum}", f"{name}_count {self.count}"]
+        return out
+
+
+def render_metrics(relay: Relay, queues: Mapping[int, tuple[int, float]] | None = None) -> str:
+    """The exposition text for ``relay``'s current counters; ``queues`` maps a precedence
+    (0 = FLASH .. 3 = ROUTINE) to ``(envelopes queued, age of the oldest in seconds)``."""
     m, w, bus = relay.metrics, relay.writer.stats, relay.bus
     lines: list[str] = []
 
@@ -48,4 +87,23 @@ def render_metrics(relay: Relay) -> str:
     metric("liaison_bus_failures_total", "counter", "Bus errors (covered by polls).", bus.failures)
     metric("liaison_fallback_polls_total", "counter", "Fallback store polls.", relay.polls)
     metric("liaison_expiry_sweeper", "gauge", "1 if this node runs the sweep.", int(relay.sweeper))
+    histograms = (
+        ("liaison_delivery_wait_seconds", "Time envelopes waited in the relay until delivered.",
+         relay.metrics.delivery_wait),
+        ("liaison_commit_batch_items", "Items per group commit.", relay.metrics.batch_items),
+        ("liaison_commit_seconds", "Duration of a group commit (fsync included).",
+         relay.metrics.commit_seconds),
+    )  # fmt: skip
+    for name, help_, histogram in histograms:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} histogram", *histogram.lines(name)]
+    if queues is not None:
+        names = ("flash", "immediate", "priority", "routine")
+        lines += ["# HELP liaison_queue_depth Envelopes queued (all cells), by precedence.",
+                  "# TYPE liaison_queue_depth gauge"]  # fmt: skip
+        lines += [f'liaison_queue_depth{{precedence="{n}"}} {queues.get(i, (0, 0.0))[0]}'
+                  for i, n in enumerate(names)]  # fmt: skip
+        lines += ["# HELP liaison_queue_oldest_seconds Age of the oldest queued envelope.",
+                  "# TYPE liaison_queue_oldest_seconds gauge"]  # fmt: skip
+        lines += [f'liaison_queue_oldest_seconds{{precedence="{n}"}} {queues.get(i, (0, 0.0))[1]}'
+                  for i, n in enumerate(names)]  # fmt: skip
     return "\n".join(lines) + "\n"

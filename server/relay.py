@@ -58,6 +58,7 @@ from liaison.protocol.link import LinkTransport
 from . import dialect, directory, store
 from .bus import Bus, MemoryBus
 from .directory import CellStatus
+from .metrics import BATCH_BUCKETS, COMMIT_BUCKETS, WAIT_BUCKETS, Histogram
 from .settings import Settings
 from .writer import GroupCommitWriter, QueueFull, WriterOverloaded
 
@@ -100,6 +101,14 @@ class Metrics:
     acked: int = 0
     expired: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    delivery_wait: Histogram = field(default_factory=lambda: Histogram(WAIT_BUCKETS))
+    batch_items: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram(COMMIT_BUCKETS))
+
+    def on_batch(self, items: int, seconds: float) -> None:
+        """The group-commit writer's callback after each committed batch."""
+        self.batch_items.observe(items)
+        self.commit_seconds.observe(seconds)
 
     def refuse(self, code: str) -> None:
         self.refused[code] = self.refused.get(code, 0) + 1
@@ -455,7 +464,10 @@ class Connection:
         if seq in self._sent or seq in self._acked:
             return
         self._sent.add(seq)
-        self.relay.metrics.delivered += 1
+        metrics = self.relay.metrics
+        metrics.delivered += 1
+        received_at_ms = int.from_bytes(frame[25:33], "big")  # see deliver_frame
+        metrics.delivery_wait.observe(max(0.0, time.time() - received_at_ms / 1000))
         self.send_encoded(frame)
 
     async def _drain_store(self) -> None:

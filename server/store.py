@@ -265,6 +265,18 @@ async def queue_counts(bind: Bind, recipients: Sequence[bytes]) -> dict[bytes, i
     return counts
 
 
+async def queue_depths(bind: Bind) -> dict[int, tuple[int, float]]:
+    """``{precedence: (envelopes queued, age of the oldest in seconds)}`` over every queue
+    (``/metrics``; one grouped scan of the envelope table per scrape)."""
+    now_ms = time.time() * 1000
+    stmt = select(
+        envelopes.c.precedence, func.count(), func.min(envelopes.c.received_at_ms)
+    ).group_by(envelopes.c.precedence)
+    async with _reading(bind) as conn:
+        rows = (await conn.execute(stmt)).all()
+    return {int(p): (int(n), max(0.0, (now_ms - int(oldest)) / 1000)) for p, n, oldest in rows}
+
+
 # The synchronous twins of the write path. The group-commit writer runs a whole batch as one
 # synchronous function on one connection: in its own thread on SQLite (one thread hop per
 # batch instead of one per statement), through ``AsyncConnection.run_sync`` on PostgreSQL. The

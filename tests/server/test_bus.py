@@ -9,9 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from liaison.protocol import frames as f
+from liaison.protocol.envelope import Precedence
 from liaison.server.bus import BusError, MemoryBus, NatsBus, RedisBus, bus_kind, create_bus
 from tests.client.clikit import LIAISON
-from tests.server.harness import Admin, running_relay
+from tests.server.harness import Admin, RawCell, running_relay
 
 
 @pytest.mark.parametrize(
@@ -51,12 +53,34 @@ def test_relay_refuses_to_start_with_a_bad_bus_url(tmp_path: Path) -> None:
 
 
 async def test_metrics_and_readyz_on_one_node(tmp_path: Path) -> None:
+    """``/metrics`` counts what happened (a stored envelope shows in the queue depth and the
+    commit histograms; a delivered one in the wait histogram) and names nobody."""
     with running_relay(tmp_path) as relay:
         admin = Admin(relay.url, relay.admin_token)
         try:
-            cell_id, _code = await admin.add_cell("secret-name")
+            cell_id, code_a = await admin.add_cell("secret-name")
+            _other, code_b = await admin.add_cell("other")
+            await admin.pair("secret-name", "other")
         finally:
             await admin.aclose()
+        sender, recipient = RawCell("secret-name"), RawCell("other")
+        await sender.enroll(relay, code_a)
+        await recipient.enroll(relay, code_b)
+        link = await sender.connect(relay)
+        bundle = await link.fetch_bundle(recipient)
+        _mid, envelope = sender.seal(recipient, "hello", precedence=Precedence.FLASH,
+                                     bundle=bundle)  # fmt: skip
+        await link.send(f.SendFrame(envelope))
+        await link.expect(f.AcceptedFrame)
+        async with httpx.AsyncClient(base_url=relay.url) as http:
+            queued = (await http.get("/metrics")).text
+        assert 'liaison_queue_depth{precedence="flash"} 1' in queued
+        assert 'liaison_queue_depth{precedence="routine"} 0' in queued
+        inbound = await recipient.connect(relay)
+        deliver = await inbound.expect(f.DeliverFrame)
+        await inbound.send(f.AckFrame(deliver.relay_seq))
+        await inbound.close()
+        await link.close()
         async with httpx.AsyncClient(base_url=relay.url) as http:
             ready = (await http.get("/readyz")).json()
             assert ready == {"status": "ok", "database": "reachable", "bus": "connected"}
@@ -69,7 +93,11 @@ async def test_metrics_and_readyz_on_one_node(tmp_path: Path) -> None:
             for line in text.splitlines()
             if line and not line.startswith("#")
         }
-        assert series["liaison_links"] == 0
+        assert series["liaison_envelopes_delivered_total"] == 1
+        assert series["liaison_delivery_wait_seconds_count"] == 1
+        assert series['liaison_delivery_wait_seconds_bucket{le="+Inf"}'] == 1
+        assert series["liaison_commit_batch_items_count"] >= 1
+        assert series["liaison_commit_seconds_count"] >= 1
         assert series["liaison_expiry_sweeper"] == 1  # the only node sweeps
         assert series["liaison_bus_connected"] == 1
         assert "liaison_writer_batches_total" in series
