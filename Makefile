@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint typecheck pytest bench demo install install-dev clean reliability
+.PHONY: run test lint typecheck pytest bench bench-cluster demo install install-dev clean reliability
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: install-dev
 bench: install-dev
 	$(PY) bench/protocol.py
 	$(PY) bench/relay.py
+
+# Needs PostgreSQL, Redis and NATS on localhost (see bench/cluster.py --help for other URLs).
+bench-cluster: install-dev
+	$(PY) bench/cluster.py
 
 # The reliability suites (issue #5) at full size; regenerates docs/reliability.md and prints
 # it. `make test` runs the same suites at a small size.

@@ -255,6 +255,7 @@ class Liaison(Target):
         super().__init__()
         self.base_url = base_url
         self.ws_url = base_url.replace("http://", "ws://") + "/v1/link"
+        self.recipient_ws_url = self.ws_url  # bench/cluster.py links recipients to another node
         self.admin_token = admin_token
         self.relay_public = b""
         self.cells: list[tuple[Cell, Cell]] = []
@@ -299,8 +300,8 @@ class Liaison(Target):
                 (await http.post("/admin/channels", json=pairing)).raise_for_status()
         self.envelopes = [steady_state_envelope(s, r) for s, r in self.cells]
 
-    async def _link(self, cell: Cell) -> tuple[ClientConnection, LinkTransport]:
-        ws = await connect(self.ws_url)
+    async def _link(self, cell: Cell, ws_url: str) -> tuple[ClientConnection, LinkTransport]:
+        ws = await connect(ws_url)
         initiator = LinkInitiator(cell.link_key.private_bytes(), self.relay_public)
         await ws.send(initiator.write_hello())
         welcome = await asyncio.wait_for(ws.recv(), 10)
@@ -313,12 +314,12 @@ class Liaison(Target):
     async def open(self, tracker: Tracker) -> None:
         gate = asyncio.Semaphore(16)
 
-        async def link(cell: Cell) -> tuple[ClientConnection, LinkTransport]:
+        async def link(cell: Cell, ws_url: str) -> tuple[ClientConnection, LinkTransport]:
             async with gate:
-                return await self._link(cell)
+                return await self._link(cell, ws_url)
 
-        recipients = await asyncio.gather(*(link(r) for _, r in self.cells))
-        senders = await asyncio.gather(*(link(s) for s, _ in self.cells))
+        recipients = await asyncio.gather(*(link(r, self.recipient_ws_url) for _, r in self.cells))
+        senders = await asyncio.gather(*(link(s, self.ws_url) for s, _ in self.cells))
         for i, ((rws, rtx), (sws, stx)) in enumerate(zip(recipients, senders, strict=True)):
             self.recipients.append(rws)
             self.senders.append(sws)

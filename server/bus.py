@@ -4,8 +4,9 @@ Several relay nodes (processes, possibly on several machines) can serve one depl
 they share a PostgreSQL store. The store is the truth; the bus carries only *hints* that make
 the cluster quick:
 
-* ``wake``: envelopes were committed for these recipients (a node holding one of them reads
-  its queue now instead of at the next fallback poll);
+* **deliveries** (binary, not JSON): envelopes just committed for recipients linked to some
+  other node, with their relay sequence numbers; the node holding a recipient pushes them to
+  its link from memory, exactly as for a local recipient, without reading the store;
 * ``link``: a cell authenticated on a node (another node holding an older link for it closes
   that one with ``replaced``);
 * ``status``: an admin suspended, resumed or revoked a cell (every node applies it at once);
@@ -21,7 +22,12 @@ poll interval. Three implementations are chosen by ``LIAISON_BUS_URL``: ``memory
 node; the hints stay in the process and no poll runs), ``redis://...`` (Redis pub/sub) and
 ``nats://...`` (NATS core subjects). No clustering, consensus or gossip of our own.
 
-Messages are small JSON objects with the sending node's id; a node ignores its own.
+Messages are small JSON objects with the sending node's id, or binary delivery batches that
+start with ``D`` (see ``relay.py``); a node ignores its own. The bus is inside the relay's trust
+boundary, like the database: anyone who can publish on it can push envelopes to linked cells
+(which reject anything not end-to-end authentic) or close links as "replaced", so it must be
+reachable by the relay nodes only (Redis AUTH/TLS, NATS credentials, a private network).
+Status and expiry hints are re-read from the store before anything is done about them.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ log = logging.getLogger("liaison.bus")
 
 CHANNEL = "liaison.events"  # the default channel / subject (``LIAISON_BUS_CHANNEL``)
 Handler = Callable[[dict[str, Any]], None]
+RawHandler = Callable[[bytes], None]
+RAW_TAG = b"D"  # the first byte of a binary delivery batch
 
 
 class BusError(ValueError):
@@ -55,21 +63,28 @@ class Bus:
     def __init__(self, channel: str = CHANNEL) -> None:
         self.channel = channel
         self._handler: Handler | None = None
+        self._raw_handler: RawHandler | None = None
         self.connected = False
         self.published = 0
         self.received = 0
         self.failures = 0
         self._failure_logged = 0.0
 
-    async def start(self, handler: Handler) -> None:
-        """Begin delivering messages to ``handler`` (called on the event loop)."""
+    async def start(self, handler: Handler, raw_handler: RawHandler | None = None) -> None:
+        """Begin delivering JSON messages to ``handler`` and binary ones (first byte
+        :data:`RAW_TAG`) to ``raw_handler`` (both called on the event loop)."""
         self._handler = handler
+        self._raw_handler = raw_handler
 
     async def publish(self, message: dict[str, Any]) -> None:
         """Send ``message`` to every node. Never raises: a failed publish is logged (rate-
         limited) and counted; the fallback poll covers what it would have said."""
+        await self.publish_raw(json.dumps(message, separators=(",", ":")).encode())
+
+    async def publish_raw(self, data: bytes) -> None:
+        """:meth:`publish` for bytes already encoded (a JSON object or a binary batch)."""
         try:
-            await self._publish(json.dumps(message, separators=(",", ":")).encode())
+            await self._publish(data)
             self.published += 1
         except Exception as exc:  # the bus is a hint; the store is the truth
             self._failed("publish", exc)
@@ -81,6 +96,14 @@ class Bus:
         raise NotImplementedError
 
     def _deliver(self, data: bytes) -> None:
+        if data[:1] == RAW_TAG:
+            if self._raw_handler is not None:
+                self.received += 1
+                try:
+                    self._raw_handler(data)
+                except Exception:
+                    log.exception("bus batch handler failed")
+            return
         try:
             message = json.loads(data)
         except ValueError:
@@ -109,11 +132,11 @@ class MemoryBus(Bus):
 
     local_only = True
 
-    async def start(self, handler: Handler) -> None:
-        await super().start(handler)
+    async def start(self, handler: Handler, raw_handler: RawHandler | None = None) -> None:
+        await super().start(handler, raw_handler)
         self.connected = True
 
-    async def publish(self, message: dict[str, Any]) -> None:
+    async def publish_raw(self, data: bytes) -> None:
         self.published += 1
 
     async def _publish(self, data: bytes) -> None:  # pragma: no cover - never called
@@ -132,8 +155,8 @@ class RedisBus(Bus):
         )
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, handler: Handler) -> None:
-        await super().start(handler)
+    async def start(self, handler: Handler, raw_handler: RawHandler | None = None) -> None:
+        await super().start(handler, raw_handler)
         self._task = asyncio.create_task(self._listen(), name="bus-redis")
 
     async def _listen(self) -> None:
@@ -177,8 +200,8 @@ class NatsBus(Bus):
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, handler: Handler) -> None:
-        await super().start(handler)
+    async def start(self, handler: Handler, raw_handler: RawHandler | None = None) -> None:
+        await super().start(handler, raw_handler)
         self._task = asyncio.create_task(self._connect(), name="bus-nats")
 
     async def _connect(self) -> None:

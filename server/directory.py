@@ -186,3 +186,24 @@ async def statuses(db: Executor, cell_ids: list[bytes]) -> dict[bytes, CellStatu
         for row in await db.execute(query):
             found[bytes(row.id)] = CellStatus(row.status)
     return found
+
+
+async def peer_sets(db: Executor, cell_ids: list[bytes]) -> dict[bytes, frozenset[bytes]]:
+    """``{cell: its peers}`` for each of ``cell_ids`` (one query per 250 cells)."""
+    if isinstance(db, AsyncEngine):
+        async with db.connect() as conn:
+            return await peer_sets(conn, cell_ids)
+    wanted = set(cell_ids)
+    found: dict[bytes, set[bytes]] = {cell: set() for cell in wanted}
+    for start in range(0, len(cell_ids), 250):
+        chunk = cell_ids[start : start + 250]
+        query = select(channels.c.cell_a, channels.c.cell_b).where(
+            or_(channels.c.cell_a.in_(chunk), channels.c.cell_b.in_(chunk))
+        )
+        for row in await db.execute(query):
+            a, b = bytes(row.cell_a), bytes(row.cell_b)
+            if a in wanted:
+                found[a].add(b)
+            if b in wanted:
+                found[b].add(a)
+    return {cell: frozenset(peers) for cell, peers in found.items()}

@@ -56,7 +56,7 @@ from liaison.protocol.keys import (
 from liaison.protocol.link import LinkTransport
 
 from . import dialect, directory, store
-from .bus import Bus, MemoryBus
+from .bus import RAW_TAG, Bus, MemoryBus
 from .directory import CellStatus
 from .metrics import BATCH_BUCKETS, COMMIT_BUCKETS, WAIT_BUCKETS, Histogram
 from .settings import Settings
@@ -491,6 +491,10 @@ class Connection:
 
 
 _DELIVER = struct.Struct(">BQ16sQ")
+# One envelope of a delivery batch on the bus: recipient, relay seq, sender, received_at_ms,
+# precedence, envelope length; the envelope bytes follow.
+_REMOTE = struct.Struct(">16sQ16sQBI")
+BUS_BATCH = 256 * 1024  # bytes per bus message at most (NATS refuses payloads over 1 MiB)
 
 
 def deliver_frame(seq: int, sender: bytes, received_at_ms: int, envelope: bytes) -> bytes:
@@ -552,7 +556,9 @@ class Relay:
         self.bus = bus or MemoryBus()
         self.node = os.urandom(8).hex()
         self.hub = Hub(None if self.bus.local_only else self._announce_link)
-        self._wakes: set[bytes] = set()  # recipients on other nodes to wake after this tick
+        self._node_id = bytes.fromhex(self.node)
+        self._outbound: list[bytes] = []  # deliveries for other nodes, sent after this tick
+        self._outbound_size = 0
         self.metrics = Metrics()
         self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
         self.unauthenticated = 0
@@ -562,6 +568,7 @@ class Relay:
         self._store_failures = 0
         self._store_failure_logged = 0.0
         self.sweeper = False  # this node runs the expiry sweep
+        self._loading: set[bytes] = set()  # statuses being loaded for may_send
         self.polls = 0
 
     def log_store_failure(self, exc: BaseException) -> None:
@@ -582,11 +589,17 @@ class Relay:
     # -- directory cache (invalidated by admin hooks) -----------------------------------------
 
     async def load_cell(self, cell_id: bytes) -> None:
-        """Load a cell's status and peers into the cache (on connect)."""
-        record = await directory.cell_by_id(self.engine, cell_id)
-        if record is not None:
-            self._status[cell_id] = record.status
-            self._peers[cell_id] = frozenset(await directory.peers_of(self.engine, cell_id))
+        """Load a cell's peers, its status and its peers' statuses into the cache (on
+        connect): two queries, and sends to its peers then need no lookup."""
+        peers = (await directory.peer_sets(self.engine, [cell_id]))[cell_id]
+        self._status.update(await directory.statuses(self.engine, [cell_id, *peers]))
+        self._peers[cell_id] = peers
+
+    async def _load_status(self, cell_id: bytes) -> None:
+        try:
+            self._status.update(await directory.statuses(self.engine, [cell_id]))
+        finally:
+            self._loading.discard(cell_id)
 
     def may_send(self, sender: bytes, recipient: bytes) -> f.ErrorCode | None:
         """None if ``sender`` may send to (or fetch the bundle of) ``recipient``."""
@@ -594,9 +607,12 @@ class Relay:
             return f.ErrorCode.NOT_PAIRED
         status = self._status.get(recipient)
         if status is None:
-            # A peer we never loaded: its status is loaded in the background; refuse only
-            # revoked cells (channels to them are kept for the audit trail).
-            self.spawn(self.load_cell(recipient))
+            # A peer we never loaded: its status is loaded in the background (once, however
+            # many sends ask); refuse only revoked cells (channels to them are kept for the
+            # audit trail).
+            if recipient not in self._loading:
+                self._loading.add(recipient)
+                self.spawn(self._load_status(recipient))
             return None
         if status == CellStatus.REVOKED:
             return f.ErrorCode.REVOKED
@@ -608,10 +624,19 @@ class Relay:
         await self._reload_directory()
 
     async def _reload_directory(self) -> None:
-        self._peers.clear()
-        self._status.clear()
-        for cell_id in self.hub.cells():
-            await self.load_cell(cell_id)
+        """Re-read the peers of every linked cell and the statuses of them and their peers
+        (a few grouped queries), then swap them in: sends are never judged against a
+        half-empty cache."""
+        linked = self.hub.cells()
+        peer_sets = await directory.peer_sets(self.engine, linked)
+        statuses = await directory.statuses(
+            self.engine, list(set(linked).union(*peer_sets.values()))
+        )
+        for cell_id in self.hub.cells():  # linked meanwhile: keep what load_cell found
+            if cell_id not in peer_sets and cell_id in self._peers:
+                peer_sets[cell_id] = self._peers[cell_id]
+        self._peers = peer_sets
+        self._status.update(statuses)
 
     async def on_cell_status(self, cell_id: bytes, status: str, peers: list[bytes]) -> None:
         """Admin hook: a cell was suspended, resumed or revoked (after the commit). Applied
@@ -658,15 +683,48 @@ class Relay:
             frame = deliver_frame(seq, row.sender, row.received_at_ms, row.data)
             conn.push(_Delivery(seq, row.precedence, frame))
         elif not self.bus.local_only:
-            # The recipient may be linked to another node: one wake-up per loop tick, for
-            # every recipient of the batch that just committed.
-            if not self._wakes:
-                asyncio.get_running_loop().call_soon(self._send_wakes)
-            self._wakes.add(row.recipient)
+            # The recipient may be linked to another node: the envelopes of the batch that
+            # just committed go out together, after this loop tick, in one bus message per
+            # BUS_BATCH bytes. A node holding the recipient pushes them from memory.
+            if not self._outbound:
+                asyncio.get_running_loop().call_soon(self._send_outbound)
+            entry = _REMOTE.pack(row.recipient, seq, row.sender, row.received_at_ms,
+                                 row.precedence, len(row.data)) + row.data  # fmt: skip
+            self._outbound.append(entry)
+            self._outbound_size += len(entry)
+            if self._outbound_size >= BUS_BATCH:
+                self._send_outbound()
 
-    def _send_wakes(self) -> None:
-        cells, self._wakes = self._wakes, set()
-        self.spawn(self._publish({"k": "wake", "c": [c.hex() for c in cells]}))
+    def _send_outbound(self) -> None:
+        if self._outbound:
+            data = RAW_TAG + self._node_id + b"".join(self._outbound)
+            self._outbound, self._outbound_size = [], 0
+            self.spawn(self.bus.publish_raw(data))
+
+    def on_bus_batch(self, data: bytes) -> None:
+        """Deliveries committed by another node (see :meth:`deliver_live`). A batch that does
+        not parse exactly is dropped whole: its envelopes are in the store, and the fallback
+        poll delivers them."""
+        if data[1:9] == self._node_id:
+            return
+        entries = []
+        view, at, end = memoryview(data), 9, len(data)
+        while at < end:
+            if end - at < _REMOTE.size:
+                log.warning("dropped a malformed delivery batch from the bus")
+                return
+            recipient, seq, sender, received_at_ms, precedence, size = _REMOTE.unpack_from(view, at)
+            at += _REMOTE.size
+            if size > MAX_ENVELOPE or end - at < size or precedence > 3:
+                log.warning("dropped a malformed delivery batch from the bus")
+                return
+            entries.append((recipient, seq, sender, received_at_ms, precedence, at, size))
+            at += size
+        for recipient, seq, sender, received_at_ms, precedence, start, size in entries:
+            conn = self.hub.get(recipient)
+            if conn is not None:
+                frame = deliver_frame(seq, sender, received_at_ms, data[start : start + size])
+                conn.push(_Delivery(seq, precedence, frame))
 
     def prekeys_low(self, cell_id: bytes, remaining: int) -> None:
         owner = self.hub.get(cell_id)
@@ -741,7 +799,7 @@ class Relay:
 
     async def start(self) -> None:
         """Start receiving bus hints."""
-        await self.bus.start(self.on_bus)
+        await self.bus.start(self.on_bus, self.on_bus_batch)
 
     async def _publish(self, message: dict[str, Any]) -> None:
         if not self.bus.local_only:
@@ -759,12 +817,7 @@ class Relay:
             return
         try:
             kind = message["k"]
-            if kind == "wake":
-                for cell in message["c"]:
-                    conn = self.hub.get(bytes.fromhex(cell))
-                    if conn is not None:
-                        conn.reread()
-            elif kind == "link":
+            if kind == "link":
                 self.hub.replaced_elsewhere(
                     bytes.fromhex(message["c"]), int(message["t"]), node, self.node
                 )

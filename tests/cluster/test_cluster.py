@@ -132,7 +132,8 @@ async def test_three_nodes_exchange_all_precedences_over_the_bus(
     tmp_path: Path, pg_url: str, bus_kind: str
 ) -> None:
     """A ring of cells on three nodes: every message crosses nodes, in every precedence, and
-    arrives well within the (disabled) fallback poll: the bus woke the recipient's node."""
+    arrives well within the (disabled) fallback poll: the bus carried it to the recipient's
+    node."""
     async with world(tmp_path, pg_url, BUS_URLS[bus_kind], 3, **NO_FALLBACK) as w:
         names = ["alpha", "bravo", "charlie"]
         homes = [await w.enroll(n, i) for i, n in enumerate(names)]
@@ -417,13 +418,14 @@ async def test_bus_hints_that_name_unknown_or_malformed_things_are_ignored(
             channel = w.cluster.channel
             forged = b'{"k":"status","n":"x","s":"revoked","c":"%s"}' % cell.cell_id.hex().encode()
             junks = [b"not json", b"[]", b'{"k":"status","n":"x"}', forged,
-                     b'{"k":"wake","n":"x","c":[1,2]}', b'{"k":"nonsense","n":"x"}']  # fmt: skip
+                     b'{"k":"link","n":"x","c":[1,2]}', b'{"k":"nonsense","n":"x"}',
+                     b"D" + bytes(8) + b"a truncated delivery batch"]  # fmt: skip
             for junk in junks:
                 await client.publish(channel, junk)
             await asyncio.sleep(1.0)  # time for the node to act on them
             await link.send(f.PingFrame(b"alive?!!"))
             assert isinstance(await link.expect(f.PongFrame, timeout=5), f.PongFrame)
-            assert metric(w.node(0), "liaison_bus_received_total") >= 5
+            assert metric(w.node(0), "liaison_bus_received_total") >= 6
         finally:
             await client.aclose()
         assert httpx.get(f"{w.node(0).url}/healthz", timeout=5).status_code == 200
