@@ -15,9 +15,10 @@ with a fresh message id each send, recipients ACK every DELIVER, never decrypt):
 * **(d) 2 nodes, PostgreSQL + NATS**: the same with ``--bus nats://...``.
 
 In the two-node scenarios every sender links to node 1 and every recipient to node 2, so every
-message crosses the bus: node 1 commits the envelope and publishes a ``wake`` hint, node 2
-re-reads the recipient's queue from PostgreSQL and delivers (a lost hint would show as ~1 s of
-latency: node 2's fallback poll, ``LIAISON_BUS_FALLBACK_SECONDS``). The PostgreSQL cluster
+message crosses the bus: node 1 commits the envelope and publishes it (one binary bus message
+per commit batch), node 2 pushes it to the recipient's link from memory (a lost bus message
+would show as ~1 s of latency: node 2's fallback poll re-reads PostgreSQL,
+``LIAISON_BUS_FALLBACK_SECONDS``). The PostgreSQL cluster
 procedure of the README is followed: ``liaison server db upgrade`` and ``liaison server
 admin-token`` once, then every node with the same ``--key-file``. The 200 cells are enrolled
 once into a template database; each PostgreSQL scenario runs on its own fresh copy of it
@@ -775,14 +776,14 @@ def projection(report: Report) -> list[str]:
         if usable(c.bus_us):
             lines.append(
                 f"- ({key}) bus server: {c.bus_us:.1f} µs per message ({c.hints:.3f} hints per "
-                f"message: one wake hint per commit batch), so one core of it would carry "
+                f"message: one bus message per commit batch), so one core of it would carry "
                 f"~{1e6 / c.bus_us:,.0f} msg/s."
             )
         elif c.delivered:
             tick = 0.01 * 1e6 / c.delivered
             lines.append(
                 f"- ({key}) bus server: below /proc's 10 ms resolution, < {tick:.1f} µs per "
-                f"message ({c.hints:.3f} hints per message: one wake hint per commit batch)."
+                f"message ({c.hints:.3f} hints per message: one bus message per commit batch)."
             )
     lines.append(
         "  (a 2-core machine shared with other work: orders of magnitude, not benchmarks of "
