@@ -8,8 +8,13 @@
     async with Cell.open(home) as cell:                 # loads state, connects, authenticates
         message_id = await cell.send("fr-paris", "text", precedence="immediate", ttl=3600)
         await cell.status(message_id)                   # queued|accepted|delivered|read|...
+        cell.gaps()                                     # messages from peers that never came
         async for message in cell.messages():           # each message once, across restarts
             await message.mark_read()                   # encrypted read receipt
+        async for message in cell.messages(confirm=True):  # exactly once: yielded again
+            if message.id not in journal:               # (after a crash) until confirmed,
+                journal.add(message)                    # so the app skips ids it has
+            await cell.confirm(message)                 # handover recorded
 
 Bodies: a ``str`` is sent as TEXT (UTF-8); ``bytes`` as FILE_CHUNK (the raw bytes, no header);
 ``content_type="json"`` sends JSON (a ``str``/``bytes`` JSON text, or any JSON-serialisable
@@ -39,7 +44,7 @@ from liaison.protocol.errors import LiaisonError
 from liaison.protocol.fingerprint import cell_safety_number, format_safety_number
 from liaison.protocol.session import Session, initiate
 
-from . import outgoing, tables
+from . import channels, outgoing, tables
 from .core import CellCore
 from .enroll import ENROLL_ONE_TIME_PREKEYS, enroll
 from .errors import (
@@ -53,6 +58,7 @@ from .errors import (
     UnknownPeer,
 )
 from .models import (
+    Gap,
     Message,
     OutboxEntry,
     Peer,
@@ -69,7 +75,7 @@ from .transport import Transport
 
 __all__ = ["Cell"]
 
-_RANK = {"queued": 0, "accepted": 1, "delivered": 2, "read": 3}
+_RANK: dict[str, float] = {"queued": 0, "accepted": 1, "missing": 1.5, "delivered": 2, "read": 3}
 
 
 class Cell(CellCore):
@@ -260,7 +266,9 @@ class Cell(CellCore):
         return session, bytes(bundle.identity) if pinned is None else None
 
     async def status(self, message_id: str) -> Status:
-        """``queued``, ``accepted``, ``delivered``, ``read``, ``expired`` or ``failed``."""
+        """``queued``, ``accepted``, ``missing``, ``delivered``, ``read``, ``expired`` or
+        ``failed``. ``missing``: the recipient reported that it never arrived although later
+        messages did (SPEC.md §9.3); a delivery receipt still moves it to ``delivered``."""
         row = tables.outbox_row(self._require_store(), _message_id(message_id))
         if row is None:
             raise UnknownMessage()
@@ -271,8 +279,8 @@ class Cell(CellCore):
         self, message_id: str, until: str = "delivered", timeout: float | None = None
     ) -> Status:
         """Wait until the status is ``until`` or beyond it (``queued`` < ``accepted`` <
-        ``delivered`` < ``read``), or final (``expired``, ``failed``); returns the status
-        then, or the current one after ``timeout`` seconds."""
+        ``missing`` < ``delivered`` < ``read``), or final (``expired``, ``failed``); returns
+        the status then, or the current one after ``timeout`` seconds."""
         if until not in _RANK and until not in ("expired", "failed"):
             raise ValueError(f"until must be a status, not {until!r}")
         loop = asyncio.get_running_loop()
@@ -308,29 +316,61 @@ class Cell(CellCore):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def messages(self) -> AsyncGenerator[Message, None]:
-        """Every message not yielded before, in arrival order, then new ones as they arrive.
+    async def messages(self, *, confirm: bool = False) -> AsyncGenerator[Message, None]:
+        """Every message not handed over before, in arrival order, then new ones as they
+        arrive.
 
-        A message is stored and acknowledged before it is yielded, and it is marked yielded
-        as it is handed over, so across restarts each is yielded once (``inbox()`` re-reads
-        old ones). Messages that could not be opened are yielded too, with ``error`` set.
-        Ends when the cell closes; raises ``CellRevoked``/``CellSuspended``/``CellReplaced``
-        when the link stops for good.
+        A message is stored and acknowledged to the relay before it is yielded. Messages that
+        could not be opened are yielded too, with ``error`` set. Ends when the cell closes;
+        raises ``CellRevoked``/``CellSuspended``/``CellReplaced`` when the link stops for good.
+
+        When a message counts as handed over, so that no later ``messages()`` yields it:
+
+        * ``confirm=False`` (the default; *at most once* across a crash): as it is yielded.
+          If the process dies after the yield and before the application has handled the
+          message, no ``messages()`` yields it again; it is still in ``inbox()``, unread.
+        * ``confirm=True`` (*exactly once*, for an application that is idempotent by
+          ``message.id``): only when the application calls :meth:`confirm` (or
+          :meth:`mark_read`) for it. One iteration yields each message once; one that was not
+          confirmed is yielded again by the next ``messages(confirm=True)`` — after a crash, a
+          restart, or a new iteration. The application records its handling durably, keyed
+          by ``message.id``, *then* confirms; given an id it has already recorded, it only
+          confirms. Wherever the process dies, every message is then handled exactly once.
+
+        A message yielded with ``error`` set may later be followed by an authentic copy with
+        the same ``id`` (a relay delivered an altered copy first): that copy is yielded as a
+        new message, so an application records only messages without ``error`` by id.
         """
+        cursor = 0  # rows up to here were yielded by this iteration
         while self._is_open():
             store = self._require_store()
             waiter = self._changed.waiter()
-            rows = tables.inbox_unyielded(store, 50, self._yield_upto)
+            rows = tables.inbox_unyielded(store, 50, self._yield_upto, cursor)
             for row in rows:
                 if not self._is_open():  # the consumer closed the cell meanwhile
                     return
-                with store.transaction():
-                    tables.inbox_mark_yielded(store, row.id)
+                cursor = row.id
+                if not confirm:
+                    with store.transaction():
+                        tables.inbox_mark_yielded(store, row.id)
                 yield self._message(store, row)
             if rows:
                 continue
             self._raise_fatal()
             await waiter.wait()
+
+    async def confirm(self, *messages: Message) -> None:
+        """Record, durably and in one transaction, that the application has handled these
+        messages: no ``messages(confirm=True)`` yields them again (see :meth:`messages`).
+        Idempotent; :meth:`mark_read` confirms too. Call it only once the application's own
+        record of the message is durable."""
+        store = self._require_store()
+        with store.transaction():
+            for message in messages:
+                row_id = tables.inbox_row_id(store, bytes.fromhex(message.sender_id),
+                                             bytes.fromhex(message.id))  # fmt: skip
+                if row_id is not None:
+                    tables.inbox_mark_yielded(store, row_id)
 
     def inbox(self, *, peer: str | None = None, limit: int = 100) -> list[Message]:
         """Stored messages (also those already yielded), oldest first."""
@@ -344,16 +384,19 @@ class Cell(CellCore):
         return [self._message(store, row) for row in tables.inbox_rows(store, sender, limit)]
 
     async def mark_read(self, *messages: Message) -> None:
-        """Mark messages read and send their senders read receipts (one per peer)."""
+        """Mark messages read and send their senders read receipts (one per peer). A message
+        marked read is also confirmed (:meth:`confirm`): ``messages()`` does not yield it
+        again."""
         store = self._require_store()
         peers = set()
         with store.transaction():
             for message in messages:
                 sender = bytes.fromhex(message.sender_id)
-                found = store.query_one("SELECT id FROM inbox WHERE sender = ? AND message_id = ?",
-                                        (sender, bytes.fromhex(message.id)))  # fmt: skip
-                if found is not None and tables.inbox_mark_read(store, int(found[0])):
-                    peers.add(sender)
+                row_id = tables.inbox_row_id(store, sender, bytes.fromhex(message.id))
+                if row_id is not None:
+                    tables.inbox_mark_yielded(store, row_id)
+                    if tables.inbox_mark_read(store, row_id):
+                        peers.add(sender)
                 message.read = True
         for sender in peers:
             await self._flush_receipts(sender)
@@ -377,7 +420,30 @@ class Cell(CellCore):
 
     def peers(self) -> list[Peer]:
         """The paired cells this cell knows (refreshed from the relay on every connect)."""
-        return [_peer(row) for row in tables.peer_rows(self._require_store())]
+        store = self._require_store()
+        missing = self._missing(store)
+        return [_peer(row, missing.get(row.cell_id, 0)) for row in tables.peer_rows(store)]
+
+    def gaps(self, peer: str | None = None) -> list[Gap]:
+        """Channel numbers of ``peer`` (or of every peer) that have not arrived although
+        later ones did: envelopes the relay dropped or still delays. A gap is ``missing``
+        once it has stayed open ``gap_grace`` seconds; it is then reported to the peer, whose
+        status of those messages becomes ``missing``."""
+        store = self._require_store()
+        sender = None
+        if peer is not None:
+            row = _find_peer(store, peer)
+            if row is None:
+                raise UnknownPeer(peer)
+            sender = row.cell_id
+        labels = _labels(store)
+        cutoff = time.time() - self._gap_grace
+        return [Gap(labels.get(g.peer, g.peer.hex()), g.first_seq, g.last_seq, utc(g.noticed_at),
+                    g.reported or g.noticed_at <= cutoff)
+                for g in channels.gap_rows(store, sender)]  # fmt: skip
+
+    def _missing(self, store: Store) -> dict[bytes, int]:
+        return channels.missing_counts(store, time.time() - self._gap_grace)
 
     async def refresh_peers(self) -> list[Peer]:
         """Ask the relay for the current peer list (LIST_PEERS) and return it."""
@@ -387,10 +453,11 @@ class Cell(CellCore):
         return self.peers()
 
     def peer(self, peer: str) -> Peer:
-        row = _find_peer(self._require_store(), peer)
+        store = self._require_store()
+        row = _find_peer(store, peer)
         if row is None:
             raise UnknownPeer(peer)
-        return _peer(row)
+        return _peer(row, self._missing(store).get(row.cell_id, 0))
 
     def safety_number(self, peer: str, *, new_key: bool = False) -> str:
         """The 60-digit safety number with ``peer`` (12 groups of 5), to compare out of band.
@@ -425,10 +492,11 @@ class Cell(CellCore):
                 raise KeyChanged(row.label)
             with store.transaction():
                 tables.accept_pending_identity(store, row.cell_id)
+                channels.reset(store, row.cell_id)  # a new identity: a new channel (M-ENV-8)
             for row_id, relay_seq, received_at_ms, envelope in tables.held_rows(store, row.cell_id):
                 outcome = receive(store, row.cell_id, relay_seq, received_at_ms, envelope,
                                   replace_row=row_id)  # fmt: skip
-                if outcome.receipt_due:
+                if outcome.receipt_due or outcome.gap_changed:
                     self._receipts_due.set()
             self._yield_upto = tables.inbox_last_id(store)  # these were ACKed long ago
         elif row.identity is None:
@@ -455,11 +523,11 @@ def _labels(store: Store) -> dict[bytes, str]:
     return {row.cell_id: row.label for row in tables.peer_rows(store)}
 
 
-def _peer(row: PeerRow) -> Peer:
+def _peer(row: PeerRow, missing: int = 0) -> Peer:
     status = row.status if row.paired or row.status == "revoked" else "unpaired"
     return Peer(row.label, row.cell_id.hex(), status,
                 None if row.identity is None else row.identity.hex(), row.verified,
-                row.pending_identity is not None)  # fmt: skip
+                row.pending_identity is not None, missing)  # fmt: skip
 
 
 def _message_id(text: str) -> bytes:

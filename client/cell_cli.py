@@ -307,7 +307,8 @@ def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @click.pass_obj
 def outbox(ctx: Context, limit: int) -> None:
-    """Recent sends with their status (queued, accepted, delivered, read, expired, failed)."""
+    """Recent sends with their status (queued, accepted, missing, delivered, read, expired,
+    failed)."""
 
     async def go(passphrase: str | None) -> list[OutboxEntry]:
         async with Cell.open(ctx.home, passphrase, connect=False) as opened:

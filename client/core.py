@@ -19,7 +19,10 @@ task. Frames from the relay are handled in the runner's reader, one at a time:
 On every link the bring-up sends LIST_PEERS and resends, in order, every outbox envelope the
 relay has not accepted (M-CLI-1); an envelope already expired is marked ``expired`` instead.
 Delivery receipts are sealed by the receipt task shortly after messages are stored (a burst
-shares one receipt of up to 100 ids); ``mark_read`` seals its read receipt at once.
+shares one receipt of up to 100 ids); ``mark_read`` seals its read receipt at once. The same
+task reports gaps in a peer's channel numbers once they have stayed open ``gap_grace``
+seconds (it wakes at the next such deadline), and seals again receipts a peer reported
+missing (``channels``, SPEC.md §9.3).
 
 One :class:`~liaison.client.runner.Signal` wakes every waiter (``messages()``, status and
 link waits) on any change; waiters re-check their condition.
@@ -36,11 +39,11 @@ from pathlib import Path
 
 from liaison.protocol import frames as f
 
-from . import outgoing, tables
+from . import channels, outgoing, tables
 from .errors import ClientError, NotEnrolled
 from .link import Link, LinkFailed
 from .receive import receive
-from .runner import Runner, Signal
+from .runner import Runner, Signal, wait_event
 from .state import Store
 from .transport import Transport, WebSocketTransport
 
@@ -52,6 +55,9 @@ PREKEY_TARGET = 100
 """One-time prekeys the relay should hold after a replenishment (at most 100 per upload)."""
 RECEIPT_COALESCE = 0.05
 """Seconds the receipt task waits after a message so that a burst shares one receipt."""
+GAP_GRACE = 120.0
+"""Seconds a gap in a peer's channel numbers may stay open before its numbers count as
+missing and are reported (a lower precedence overtaken by higher ones closes it sooner)."""
 
 
 class CellCore:
@@ -70,6 +76,7 @@ class CellCore:
         backoff: tuple[float, float] = (0.5, 30.0),
         ping_interval: float = 30.0,
         linger: float = 2.0,
+        gap_grace: float = GAP_GRACE,
     ) -> None:
         self.home = Path(home)
         self._passphrase = passphrase
@@ -81,6 +88,7 @@ class CellCore:
         self._backoff = backoff
         self._ping_interval = ping_interval
         self._linger = linger
+        self._gap_grace = gap_grace
         self._store: Store | None = None
         self._runner: Runner | None = None
         self._changed = Signal()
@@ -130,7 +138,7 @@ class CellCore:
             self._transport or WebSocketTransport.for_server(store.server_url),
             link_key=store.keys.link, relay_key=store.relay_key, cell_id=store.cell_id,
             on_link_up=self._on_link_up, on_frame=self._on_frame, backoff=self._backoff,
-            ping_interval=self._ping_interval, dead_after=max(4 * self._ping_interval, 120.0),
+            ping_interval=self._ping_interval, dead_after=4 * self._ping_interval,
             changed=self._changed,
         )  # fmt: skip
         self._runner.start()
@@ -236,7 +244,7 @@ class CellCore:
                               frame.received_at_ms, frame.envelope)  # fmt: skip
             await link.send(f.AckFrame(frame.relay_seq))  # only after the commit (M-CLI-2)
             self._yield_upto = tables.inbox_last_id(store)  # and only then can it be yielded
-            if outcome.receipt_due:
+            if outcome.receipt_due or outcome.gap_changed:
                 self._receipts_due.set()
             if outcome.unknown_sender:
                 await link.send(f.ListPeersFrame(0))
@@ -327,13 +335,27 @@ class CellCore:
 
     async def _flush_receipts(self, peer: bytes | None = None) -> None:
         store = self._require_store()
+        gaps_before = time.time() - self._gap_grace
         for message_id, envelope in outgoing.queue_receipts(store, ttl=self._receipt_ttl,
-                                                            peer=peer):  # fmt: skip
+                                                            peer=peer,
+                                                            gaps_before=gaps_before):  # fmt: skip
             await self._transmit(message_id, envelope)
+
+    def _gap_wait(self) -> float | None:
+        """Seconds until the next gap is due to be reported (``None``: no open gap). A gap
+        already due was not reportable at the last flush (its peer's key change waits for
+        the operator): it is tried again a grace period later, not in a busy loop."""
+        if not self._is_open():
+            return None
+        deadline = channels.next_deadline(self._require_store(), self._gap_grace)
+        if deadline is None:
+            return None
+        remaining = deadline - time.time()
+        return remaining if remaining > 0 else max(self._gap_grace, 1.0)
 
     async def _receipt_loop(self) -> None:
         while True:
-            await self._receipts_due.wait()
+            await wait_event(self._receipts_due, self._gap_wait())
             await asyncio.sleep(RECEIPT_COALESCE)
             self._receipts_due.clear()
             if not self._is_open():

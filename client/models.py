@@ -1,4 +1,5 @@
-"""The SDK's public value types: :class:`Message`, :class:`Peer`, :class:`OutboxEntry`.
+"""The SDK's public value types: :class:`Message`, :class:`Peer`, :class:`OutboxEntry`,
+:class:`Gap`.
 
 Ids are lowercase hex strings (message ids 32 characters, cell ids 32, identity keys 64);
 times are timezone-aware UTC ``datetime`` objects; precedences and content types are the
@@ -19,6 +20,7 @@ __all__ = [
     "CONTENT_TYPES",
     "PRECEDENCES",
     "STATUSES",
+    "Gap",
     "Message",
     "OutboxEntry",
     "Peer",
@@ -28,8 +30,10 @@ __all__ = [
     "precedence_name",
 ]
 
-Status = Literal["queued", "accepted", "delivered", "read", "expired", "failed"]
-STATUSES: tuple[Status, ...] = ("queued", "accepted", "delivered", "read", "expired", "failed")
+Status = Literal["queued", "accepted", "missing", "delivered", "read", "expired", "failed"]
+STATUSES: tuple[Status, ...] = (
+    "queued", "accepted", "missing", "delivered", "read", "expired", "failed",
+)  # fmt: skip
 PRECEDENCES = ("flash", "immediate", "priority", "routine")
 CONTENT_TYPES = {
     ContentType.TEXT: "text",
@@ -85,11 +89,35 @@ class Peer:
     """The operator compared safety numbers (``Cell.verify``)."""
     key_changed: bool
     """A different identity key was seen: sending is blocked until it is accepted."""
+    missing: int = 0
+    """How many of this peer's envelopes to this cell are missing: later channel numbers
+    arrived and these did not within the grace period (:meth:`Cell.gaps`). Dropped
+    envelopes, or ones delayed past the grace period, count here; the peer is told."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Channel numbers of a peer that have not arrived although a later one did (SPEC.md
+    §9.3): dropped, or still delayed. ``missing`` once the gap has stayed open for the grace
+    period (``gap_grace``, 120 s by default); the peer is then told, and its status of those
+    messages becomes ``missing``. A number that arrives late leaves the gap."""
+
+    peer: str
+    first_seq: int
+    last_seq: int
+    noticed_at: datetime
+    missing: bool
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """A message this cell sent, with its delivery status."""
+    """A message this cell sent, with its delivery status. ``missing``: the recipient
+    reported that it never arrived (later messages did; the relay dropped or withheld it);
+    a delivery receipt that still comes moves it on to ``delivered``."""
 
     message_id: str
     peer: str
@@ -111,7 +139,9 @@ class Message:
     ``body`` is a ``str`` for ``text`` and ``json`` messages and ``bytes`` for ``file``
     messages. A message that could not be opened has ``error`` set (``decrypt_failed``,
     ``key_changed``, ``malformed_body``, ``malformed_envelope``, ``wrong_recipient``) and no
-    body; it was acknowledged to the relay so it never blocks the queue (M-CLI-4).
+    body; it was acknowledged to the relay so it never blocks the queue (M-CLI-4). The same
+    id can be yielded again later with its body: after a key change is accepted, or when the
+    intact envelope arrives after an altered copy of it failed (M-CLI-2).
     """
 
     id: str

@@ -8,27 +8,35 @@ so nothing else touches the state while it runs:
 1. Decode the envelope. One that does not parse is recorded as ``malformed_envelope`` under a
    message id derived from its bytes (so a redelivery is still a duplicate).
 2. Deduplicate on ``(sender, message_id)`` *before* decrypting (M-CLI-2): the inbox is the set
-   of processed ids. A duplicate is only acknowledged.
+   of processed ids. A duplicate is only acknowledged — unless the id is recorded as a failure
+   to open (``decrypt_failed``, ``wrong_recipient``, ``malformed_envelope``): then this copy
+   is tried, because a relay could otherwise suppress a genuine envelope by delivering an
+   altered copy of it first. If it opens it replaces the failure; if not, it is a duplicate.
 3. Reject an envelope addressed to another cell (M-ENV-4).
 4. A PREKEY envelope whose setup block names an identity other than the one pinned for the
-   sender is held, not opened (M-SES-7, M-SN-2): the new identity becomes the peer's
+   sender is held, not opened (M-SES-7, M-SN-2), if it opens under that identity and the
+   sender's cell id (a trial ``respond()``, nothing kept): the new identity becomes the peer's
    ``pending_identity`` and the envelope is kept so that it can be opened once the operator
-   accepts the key (``Cell.verify(..., accept_new_key=True)``).
+   accepts the key (``Cell.verify(..., accept_new_key=True)``). One that does not open is a
+   decryption failure, so a relay cannot raise a key-change alarm by re-addressing another
+   cell's setup block or altering one.
 5. Try the sessions with the sender in the order of M-SES-10: the one whose setup ephemeral
    matches the setup block (M-SES-8), then the current one, then older ones; for a PREKEY
    envelope none of them opens, build a responder session with ``respond()`` from the prekeys
    the setup block names (M-SES-6; an unknown or used one-time prekey is a failure).
 6. Commit in **one transaction**: the inbox row, the updated (or new, now current) session,
-   the deletion of the one-time prekey used, the pin of a first-seen identity, and, for a
-   RECEIPT, the outbox status changes (M-SES-9, M-RAT-12). Only after it returns does the caller
-   send the ACK.
+   the deletion of the one-time prekey used, the pin of a first-seen identity, the channel
+   number's gap bookkeeping (``channels.opened``) and, for a RECEIPT, the outbox status
+   changes (M-SES-9, M-RAT-12, M-ENV-10, M-ENV-11). Only after it returns does the caller send
+   the ACK.
 
 A failure to open is recorded as an inbox row with ``decrypt_failed`` and no body and is
 acknowledged like any message (M-CLI-4); no session changes, except that a body which
 authenticated but does not parse keeps the ratchet advance (M-ENV-7).
 
 Receipts (content type RECEIPT) carry ``kind (1 = delivered, 2 = read) ‖ message ids (16 each,
-1..100)``; they are never receipted themselves and never shown.
+1..100)``, or a gap report ``3 ‖ ranges (first u64 ‖ last u64, 1..100)`` of channel numbers
+missing (SPEC.md §9.3); they are never receipted themselves and never shown.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from liaison.protocol.envelope import Body, ContentType, Envelope, Routing, Sess
 from liaison.protocol.errors import DecryptionError, LiaisonError, MalformedData
 from liaison.protocol.session import Session, respond
 
-from . import tables
+from . import channels, tables
 from .state import Keys, Store
 
 __all__ = ["MAX_RECEIPT_IDS", "Outcome", "build_receipt", "parse_receipt", "receive"]
@@ -77,6 +85,8 @@ class Outcome:
     status_changed: bool = False
     unknown_sender: bool = False
     key_changed: bool = False
+    gap_changed: bool = False
+    """A gap in the sender's channel numbers opened or closed (``channels.opened``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +134,23 @@ def receive(
     except MalformedData:
         return _unreadable(store, sender, relay_seq, received_at_ms, data, replace_row)
     routing = envelope.routing
+    retry = False
     if replace_row is None and tables.inbox_seen(store, sender, routing.message_id):
-        return Outcome(duplicate=True)
+        replace_row = _failed_row(store, sender, routing.message_id)
+        if replace_row is None:
+            return Outcome(duplicate=True)
+        retry = True  # only an opened copy replaces the failure; another failure is a duplicate
     base = _Base(sender, routing.message_id, int(routing.precedence), relay_seq, received_at_ms,
                  routing.expires_at)  # fmt: skip
     peer = tables.peer_by_id(store, sender)
     unknown = peer is None or peer.name is None
     if routing.recipient != own:
-        return _fail(store, base, "wrong_recipient", replace_row, unknown)
+        return _fail(store, base, "wrong_recipient", replace_row, unknown, retry)
     setup = envelope.setup
     if setup is not None and peer is not None and peer.identity is not None \
             and bytes(setup.identity) != peer.identity:  # fmt: skip
+        if not _opens_as(store, keys, own, sender, envelope, setup):
+            return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
         with store.transaction():
             if replace_row is not None:
                 tables.inbox_delete(store, replace_row)
@@ -159,11 +175,11 @@ def receive(
         return _commit(store, base, session, row.id, None, body, replace_row, unknown)
 
     if setup is None:
-        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+        return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
     try:
         session = _respond(store, keys, own, sender, setup)
     except LiaisonError:
-        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+        return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
     before = session.to_bytes()
     try:
         body = session.open(envelope)
@@ -171,11 +187,43 @@ def receive(
         if session.to_bytes() != before:
             opk = setup.one_time_prekey_id
             return _malformed(store, base, session, None, opk, replace_row, unknown)
-        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+        return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
     except LiaisonError:
-        return _fail(store, base, "decrypt_failed", replace_row, unknown)
+        return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
     return _commit(store, base, session, None, setup.one_time_prekey_id, body, replace_row,
                    unknown)  # fmt: skip
+
+
+_RETRYABLE = ("decrypt_failed", "wrong_recipient", "malformed_envelope")
+
+
+def _failed_row(store: Store, sender: bytes, message_id: bytes) -> int | None:
+    """The inbox row of ``(sender, message_id)`` if it records a failure to open that a later
+    copy of the envelope may cure (not a held envelope, not a message)."""
+    row = store.query_one(
+        "SELECT id FROM inbox WHERE sender = ? AND message_id = ? AND held_envelope IS NULL "
+        "AND error IN (?, ?, ?)",
+        (sender, message_id, *_RETRYABLE),
+    )
+    return None if row is None else int(row[0])
+
+
+def _opens_as(store: Store, keys: Keys, own: bytes, sender: bytes, envelope: Envelope,
+              setup: SessionSetup) -> bool:  # fmt: skip
+    """Whether a PREKEY envelope authenticates as a session set up by ``setup.identity`` from
+    cell ``sender`` (a trial: nothing is kept, the one-time prekey stays)."""
+    try:
+        session = _respond(store, keys, own, sender, setup)
+    except LiaisonError:  # an unusable identity, unknown prekeys: nothing authenticates
+        return False
+    before = session.to_bytes()
+    try:
+        session.open(envelope)
+    except MalformedData:  # authenticated (M-ENV-7 applies once the key is accepted) or not
+        return session.to_bytes() != before
+    except LiaisonError:
+        return False
+    return True
 
 
 def _respond(store: Store, keys: Keys, own: bytes, sender: bytes, setup: SessionSetup) -> Session:
@@ -195,15 +243,23 @@ def _commit(
     body: Body, replace_row: int | None, unknown: bool,
 ) -> Outcome:  # fmt: skip
     outcome = Outcome(unknown_sender=unknown)
+    now = time.time()
     with store.transaction():
         _keep_session(store, base, session, row_id, one_time_prekey, replace_row)
+        outcome.gap_changed = channels.opened(store, base.sender, body.seq, now)
         if body.content_type == ContentType.RECEIPT:
             parsed = parse_receipt(body.payload)
+            report = None if parsed is not None else channels.parse_gap_report(body.payload)
             if parsed is not None:
                 kind, ids = parsed
                 status = "delivered" if kind == RECEIPT_DELIVERED else "read"
                 outcome.status_changed = tables.outbox_advance(store, base.sender, ids, status) > 0
-            base.add(store, body=body, hidden=True, error=None if parsed else "malformed_receipt")
+            elif report is not None:
+                changed, reissue = channels.reported_missing(store, base.sender, report, now)
+                outcome.status_changed, outcome.receipt_due = changed > 0, reissue > 0
+            well_formed = parsed is not None or report is not None
+            base.add(store, body=body, hidden=True,
+                     error=None if well_formed else "malformed_receipt")  # fmt: skip
         elif body.content_type == ContentType.CONTROL:
             base.add(store, body=body, hidden=True)
         else:
@@ -239,7 +295,11 @@ def _keep_session(
 
 
 def _fail(store: Store, base: _Base, error: str, replace_row: int | None,
-          unknown: bool) -> Outcome:  # fmt: skip
+          unknown: bool, retry: bool = False) -> Outcome:  # fmt: skip
+    """Record a failure to open. On a ``retry`` (the id already failed) nothing is written:
+    the envelope is a duplicate of the recorded failure."""
+    if retry:
+        return Outcome(duplicate=True)
     with store.transaction():
         if replace_row is not None:
             tables.inbox_delete(store, replace_row)

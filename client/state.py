@@ -47,7 +47,7 @@ from liaison.protocol.keys import IdentityKeyPair, KemKeyPair, X25519KeyPair
 
 from .errors import CorruptState, NotEnrolled, PassphraseRequired, StateLocked, WrongPassphrase
 
-__all__ = ["SCHEMA", "STATE_FILE", "Keys", "Store"]
+__all__ = ["CHANNEL_SCHEMA", "SCHEMA", "STATE_FILE", "Keys", "Store"]
 
 STATE_FILE = "cell.db"
 SCHEMA_VERSION = 1
@@ -127,6 +127,32 @@ CREATE TABLE inbox (                   -- also the set of processed (sender, mes
 CREATE INDEX inbox_unyielded ON inbox (yielded, id);
 CREATE INDEX inbox_receipts ON inbox (sender, delivery_receipt, read_receipt);
 """
+
+CHANNEL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (  -- channel sequence numbers, per peer (SPEC.md §9.2)
+    peer BLOB PRIMARY KEY,
+    sent INTEGER NOT NULL DEFAULT 0,       -- the last seq sealed to the peer
+    received INTEGER NOT NULL DEFAULT 0    -- the highest seq opened from the peer
+);
+CREATE TABLE IF NOT EXISTS channel_sent (   -- what each seq sealed to a peer was
+    peer BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    message_id BLOB NOT NULL,
+    receipt BLOB,                      -- a receipt's payload, sealed again if reported missing
+    reissue INTEGER NOT NULL DEFAULT 0,    -- 1: reported missing, to be sealed again
+    PRIMARY KEY (peer, seq)
+);
+CREATE TABLE IF NOT EXISTS gaps (      -- seqs from a peer not opened although a later one was
+    peer BLOB NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    noticed_at REAL NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,   -- 1 once reported to the peer as missing
+    PRIMARY KEY (peer, first_seq)
+);
+"""
+"""Channel bookkeeping (gap detection). Every statement is idempotent: it is part of a new
+state file and is run again when an older one is opened, so files from before it gain it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +272,7 @@ class Store:
         store = cls(db, path, sealer)
         try:
             with store.transaction():
-                for statement in _statements(SCHEMA):
+                for statement in _statements(SCHEMA + CHANNEL_SCHEMA):
                     store.execute(statement)
                 for key, value in meta.items():
                     store.set_meta(key, value)
@@ -326,6 +352,10 @@ class Store:
             raise WrongPassphrase() if self._sealer.sealed else CorruptState("bad canary")
         if self.get_meta("cell_id") is not None or self.get_secret("identity") is not None:
             self.keys = self._load_keys()
+        if not {"channels", "channel_sent", "gaps"} <= tables:
+            with self.transaction():
+                for statement in _statements(CHANNEL_SCHEMA):
+                    self.execute(statement)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -30,7 +30,7 @@ __all__ = [
 KEEP_SESSIONS = 5
 """Sessions kept per peer: the current one and the four before it (M-SES-10)."""
 
-_STATUS_RANK = {"queued": 0, "accepted": 1, "expired": 1, "delivered": 2, "read": 3}
+_STATUS_RANK = {"queued": 0, "accepted": 1, "expired": 1, "missing": 1, "delivered": 2, "read": 3}
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -353,6 +353,14 @@ def inbox_seen(store: Store, sender: bytes, message_id: bytes) -> bool:
     )
 
 
+def inbox_row_id(store: Store, sender: bytes, message_id: bytes) -> int | None:
+    """The inbox row of ``(sender, message_id)``, if it was received."""
+    row = store.query_one(
+        "SELECT id FROM inbox WHERE sender = ? AND message_id = ?", (sender, message_id)
+    )
+    return None if row is None else int(row[0])
+
+
 def inbox_add(
     store: Store, *, sender: bytes, message_id: bytes, precedence: int, relay_seq: int,
     received_at_ms: int, expires_at: int, content_type: int | None = None,
@@ -376,11 +384,13 @@ def inbox_delete(store: Store, row_id: int) -> None:
     store.execute("DELETE FROM inbox WHERE id = ?", (row_id,))
 
 
-def inbox_unyielded(store: Store, limit: int, upto: int) -> list[InboxRow]:
-    """Rows not yielded yet, up to row id ``upto`` (rows past it are not acknowledged yet)."""
+def inbox_unyielded(store: Store, limit: int, upto: int, after: int = 0) -> list[InboxRow]:
+    """Rows not handed over yet (``yielded = 0``), past row id ``after`` and up to row id
+    ``upto`` (rows past it are not acknowledged yet)."""
     rows = store.query(
-        f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE yielded = 0 AND id <= ? ORDER BY id LIMIT ?",
-        (upto, limit),
+        f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE yielded = 0 AND id > ? AND id <= ? "
+        "ORDER BY id LIMIT ?",
+        (after, upto, limit),
     )
     return [_inbox(store, r) for r in rows]
 
@@ -390,8 +400,11 @@ def inbox_last_id(store: Store) -> int:
     return 0 if row is None else int(row[0])
 
 
-def inbox_mark_yielded(store: Store, row_id: int) -> None:
-    store.execute("UPDATE inbox SET yielded = 1 WHERE id = ?", (row_id,))
+def inbox_mark_yielded(store: Store, row_id: int) -> bool:
+    """Mark a row handed over (``messages()`` does not yield it again); ``False`` if it
+    already was."""
+    return store.execute("UPDATE inbox SET yielded = 1 WHERE id = ? AND yielded = 0",
+                         (row_id,)) > 0  # fmt: skip
 
 
 def inbox_rows(store: Store, sender: bytes | None, limit: int) -> list[InboxRow]:

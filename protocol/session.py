@@ -195,13 +195,22 @@ class Session:
         precedence: Precedence,
         expires_at: int,
         marking: str = "",
+        seq: int | None = None,
     ) -> bytes:
-        """Encrypt one message into envelope bytes, assigning the next channel sequence number.
+        """Encrypt one message into envelope bytes.
+
+        ``seq`` is the body's channel sequence number (SPEC.md §9.2, M-ENV-8): the sender's
+        count of envelopes sealed to this peer, across sessions, so the caller keeps it. Without
+        it the session counts (``send_seq + 1``), which equals the channel number only while
+        the channel has had a single session. ``send_seq`` becomes the number used.
 
         Raises ``MessageTooLarge`` (state unchanged) when the payload fits no bucket.
         """
         kind = EnvelopeKind.MESSAGE if self.pending_setup is None else EnvelopeKind.PREKEY
-        seq = self.send_seq + 1
+        if seq is None:
+            seq = self.send_seq + 1
+        elif not 1 <= seq < 2**64:
+            raise StateError("channel sequence numbers are 1 .. 2**64-1")
         body = Body(content_type, seq, int(self._clock() * 1000), payload, marking).encode(kind)
         routing = Routing(kind, self.peer_cell_id, message_id, precedence, expires_at)
         ad = routing.encode() + (b"" if self.pending_setup is None else self.pending_setup.encode())

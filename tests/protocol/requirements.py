@@ -351,12 +351,33 @@ REQUIREMENTS: dict[str, str] = {
     "M-ENV-7": _tests(
         "tests/protocol/test_session.py::test_malformed_body_from_peer_is_consumed",
     ),
+    # Protocol part: the body carries the number the caller gives (the session counts only
+    # without one). Keeping the count per channel, across sessions, is the client's: the
+    # client tests pin it.
     "M-ENV-8": _tests(
         "tests/protocol/test_session.py::test_sequence_numbers_count_from_one",
         "tests/protocol/test_session.py::test_responder_cannot_send_before_opening",
         "tests/protocol/test_envelope.py::test_seal_message_too_large_leaves_session_unchanged",
+        "tests/protocol/test_requirements.py::test_env8_seal_takes_the_channel_number",
+        "tests/client/test_gaps.py::test_channel_numbers_continue_across_sessions",
+        "tests/client/test_gaps.py::test_new_identity_starts_a_new_channel",
     ),
     "M-ENV-9": CLIENT,
+    # §9.3 client duties, written with the SDK that implements them: the tests are the SDK's
+    # (tests/client) and the malicious-relay suite's (tests/reliability).
+    "M-ENV-10": _tests(
+        "tests/client/test_gaps.py::test_gap_bookkeeping",
+        "tests/client/test_gaps.py::test_dropped_message_is_shown_missing_and_reported",
+        "tests/client/test_gaps.py::test_late_message_closes_its_gap_and_moves_on_to_delivered",
+        "tests/reliability/test_malicious_relay.py::test_dropped_envelopes_are_detected_both_ways",
+        "tests/reliability/test_malicious_relay.py::test_tampered_envelopes_are_rejected_and_change_nothing",
+    ),
+    "M-ENV-11": _tests(
+        "tests/client/test_gaps.py::test_dropped_message_is_shown_missing_and_reported",
+        "tests/client/test_gaps.py::test_late_message_closes_its_gap_and_moves_on_to_delivered",
+        "tests/client/test_gaps.py::test_lost_receipt_is_sealed_again",
+        "tests/reliability/test_malicious_relay.py::test_dropped_envelopes_are_detected_both_ways",
+    ),
     # --- §10 frames ---------------------------------------------------------------------------
     "M-FRM-1": _tests(
         "tests/protocol/test_frames.py::test_every_truncation_rejected",

@@ -57,6 +57,7 @@ from liaison.protocol.errors import (
     HandshakeFailed,
     InvalidKey,
     MalformedData,
+    StateError,
 )
 from liaison.protocol.frames import AckFrame, PingFrame, decode_frame, encode_frame
 from liaison.protocol.keys import (
@@ -1229,3 +1230,32 @@ def test_rat10_every_decryption_failure_is_one_opaque_error(
     }
     assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
     assert open_envelope(bob, genuine).payload == b"genuine"
+
+
+def test_env8_seal_takes_the_channel_number() -> None:
+    """[M-ENV-8] ``Session.seal(seq=N)`` puts the caller's channel number N in the body and
+    records it as ``send_seq`` (so a second session of the channel continues the count instead
+    of restarting at 1); without ``seq`` the session counts on from there; a number outside
+    1 .. 2**64-1 is refused with the session unchanged."""
+    clock = Clock()
+    alice, bob = established(clock)
+    first = seal(alice, b"counted by the session")
+    assert open_envelope(bob, first).seq == 2  # the prekey envelope of first_contact was 1
+    envelope = alice.seal(ContentType.TEXT, b"channel 41", message_id=os.urandom(16),
+                          precedence=Precedence.ROUTINE, expires_at=EXPIRES_AT,
+                          seq=41)  # fmt: skip
+    assert alice.send_seq == 41
+    assert open_envelope(bob, envelope).seq == 41
+    assert open_envelope(bob, seal(alice, b"next")).seq == 42
+    before = alice.to_bytes()
+    for bad in (0, 2**64):
+        with pytest.raises(StateError):
+            alice.seal(ContentType.TEXT, b"x", message_id=os.urandom(16),
+                       precedence=Precedence.ROUTINE, expires_at=EXPIRES_AT, seq=bad)  # fmt: skip
+        assert alice.to_bytes() == before
+    # A new session with the same peer, given the channel's next number, continues the count.
+    fresh, fresh_bob = established(clock)
+    data = fresh.seal(ContentType.TEXT, b"after re-initiation", message_id=os.urandom(16),
+                      precedence=Precedence.ROUTINE, expires_at=EXPIRES_AT,
+                      seq=alice.send_seq + 1)  # fmt: skip
+    assert open_envelope(fresh_bob, data).seq == 43
