@@ -176,9 +176,10 @@ class Cell(CellCore):
         marking: str = "",
         content_type: str | None = None,
     ) -> str:
-        """Seal ``body`` for ``peer`` (a name or hex cell id), store it in the outbox and send
-        it; returns the message id. The message is safe once this returns: it is resent until
-        the relay accepts it, also across restarts."""
+        """Seal ``body`` for ``peer`` (a name or hex cell id), store it in the outbox and queue
+        it for the link; returns the message id. The message is safe once this returns: it is
+        resent until the relay accepts it, also across restarts. Returns without waiting on
+        the network (a stalled or reconnecting link delays the sending, not the caller)."""
         store = self._require_store()
         self._raise_fatal()
         ctype, payload = _encode_body(body, content_type)
@@ -203,7 +204,7 @@ class Cell(CellCore):
                 expires_at=int(time.time()) + ttl, marking=marking, pin=pin,
             )  # fmt: skip
         self._changed.fire()
-        await self._transmit(message_id, envelope)
+        self._queue_transmit(message_id, envelope)  # never waits on the network
         return message_id.hex()
 
     async def _resolve(self, peer: str) -> PeerRow:

@@ -102,6 +102,10 @@ class CellCore:
         self._peer_locks: dict[bytes, asyncio.Lock] = {}
         self._info: tuple[str, str, str, str] | None = None  # cell id, name, server, identity
         self._yield_upto = 0  # messages() yields inbox rows up to here: stored *and* ACKed
+        # Sends committed to the outbox, handed to the link in order by one task: send()
+        # never waits on the network (a stalled link or a reconnect's bring-up).
+        self._transmissions: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+        self._transmitter: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -142,6 +146,7 @@ class CellCore:
             changed=self._changed,
         )  # fmt: skip
         self._runner.start()
+        self._transmitter = asyncio.create_task(self._transmit_loop(), name="liaison-transmit")
         if self._wait_connected:
             await self._runner.wait_online(self._wait_connected)
 
@@ -156,6 +161,10 @@ class CellCore:
         for task in list(self._retries):
             task.cancel()
         await asyncio.gather(*self._retries, return_exceptions=True)
+        if self._transmitter is not None:
+            self._transmitter.cancel()
+            await asyncio.gather(self._transmitter, return_exceptions=True)
+            self._transmitter = None
         if self._receipt_task is not None:  # first: it uses the state and the link
             self._receipt_task.cancel()
             await asyncio.gather(self._receipt_task, return_exceptions=True)
@@ -218,6 +227,19 @@ class CellCore:
             await link.send(f.SendFrame(envelope))
             self._sent_ids.add(message_id)
         self._changed.fire()
+
+    def _queue_transmit(self, message_id: bytes, envelope: bytes) -> None:
+        """Hand an outbox envelope (already committed) to the transmitter task, in order."""
+        if self._transmitter is not None:
+            self._transmissions.put_nowait((message_id, envelope))
+
+    async def _transmit_loop(self) -> None:
+        while True:
+            message_id, envelope = await self._transmissions.get()
+            try:
+                await self._transmit(message_id, envelope)
+            except (ConnectionError, ClientError) as exc:  # the bring-up resends it
+                log.debug("transmit failed (%s); the next link resends it", type(exc).__name__)
 
     async def _transmit(self, message_id: bytes, envelope: bytes) -> None:
         """Send an outbox envelope now if the link is live (else the bring-up resends it)."""
