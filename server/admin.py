@@ -30,11 +30,12 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -69,7 +70,7 @@ from .directory import (
     next_status,
     peers_of,
 )
-from .problems import Problem, ProblemCode, problem_responses
+from .problems import Problem, ProblemCode, problem_responses, read_bounded_body
 from .schema import (
     cells,
     channels,
@@ -99,6 +100,27 @@ class AdminHooks(Protocol):
     async def on_channels_changed(self) -> None:
         """Called after a channel is created or deleted (the relay may cache pairings)."""
         ...
+
+
+ADMIN_MAX_BODY = 16 * 1024
+"""Largest request body an admin route reads (its JSON bodies are a few names): a larger one
+is refused with 413 before it is buffered -- and before authentication, which FastAPI runs
+only after reading the body."""
+
+
+class _BoundedBodyRoute(APIRoute):
+    """An admin route that reads at most :data:`ADMIN_MAX_BODY` bytes of request body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:  # the route reads no body: nothing to bound
+            return handler
+
+        async def bounded(request: Request) -> Response:
+            await read_bounded_body(request, ADMIN_MAX_BODY)
+            return await handler(request)
+
+        return bounded
 
 
 def _not_found(what: str) -> Problem:
@@ -158,7 +180,10 @@ def build_admin_router(
     auth = AdminAuth(engine, limiter or FailureLimiter())
     Admin = Annotated[AdminPrincipal, Depends(auth)]
     router = APIRouter(
-        tags=["admin"], dependencies=[Depends(auth)], responses=problem_responses(401, 422, 429)
+        tags=["admin"],
+        dependencies=[Depends(auth)],
+        responses=problem_responses(401, 422, 429),
+        route_class=_BoundedBodyRoute,
     )
 
     def now_ms() -> int:

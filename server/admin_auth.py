@@ -9,12 +9,15 @@ relay hashes the presented text and looks the hash up among tokens that are not 
 tokens are high-entropy, a plain hash (no salt, no slow KDF) is enough, and an index lookup on
 the hash leaks nothing useful through timing.
 
-Each failure (no header, wrong scheme, unknown or revoked token) is counted against the client
+Each failed guess (a bearer token that is unknown or revoked) is counted against the client
 address by a :class:`FailureLimiter`. Once an address has ``max_failures`` failures within
 ``window_seconds`` every request from it gets 429 with ``Retry-After`` -- even with a valid
-token -- until the oldest failure leaves the window. The limiter is in-process: with several
-relay nodes each node counts on its own, which still bounds guessing to ``nodes x max_failures``
-per window. Behind a reverse proxy the address is the proxy's unless uvicorn is told to trust
+token -- until the oldest failure leaves the window. A request with no bearer token at all
+(no ``Authorization`` header, or another scheme) is refused with 401 but not counted: it
+guesses nothing, and counting it would let anyone lock out the admins who share an address
+with plain unauthenticated requests. The limiter is in-process: with several relay nodes each
+node counts on its own, which still bounds guessing to ``nodes x max_failures`` per window.
+Behind a reverse proxy the address is the proxy's unless uvicorn is told to trust
 ``X-Forwarded-For`` (``--forwarded-allow-ips``).
 """
 
@@ -226,9 +229,10 @@ class AdminAuth:
             if row is not None:
                 principal = AdminPrincipal(token_id=row.id, name=row.name)
         if principal is None:
-            self._limiter.record_failure(address)
-            log.warning("admin authentication failed from %s", address)
             missing = credentials is None
+            if not missing:  # only a presented token is a guess worth throttling
+                self._limiter.record_failure(address)
+            log.warning("admin authentication failed from %s", address)
             raise Problem(
                 ProblemCode.UNAUTHORIZED,
                 "an admin token is required" if missing else "unknown or revoked admin token",

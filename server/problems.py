@@ -26,6 +26,7 @@ exception to that shape in one place:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
@@ -45,9 +46,11 @@ __all__ = [
     "install_problem_handlers",
     "problem_responses",
     "problem_type",
+    "read_bounded_body",
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 log = logging.getLogger("liaison.server.problems")
 
@@ -159,6 +162,8 @@ class ProblemDetails(BaseModel):
 
 
 _STATUS_DESCRIPTIONS: Mapping[int, str] = {
+    400: "The request body could not be decoded",
+    413: "The request body is larger than this endpoint accepts",
     401: "Missing, unknown or revoked admin token",
     404: "No such object",
     409: "Conflicts with an existing object or the object's state",
@@ -177,6 +182,27 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+async def read_bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, or a 413 ``payload_too_large`` problem as soon as it exceeds
+    ``limit`` bytes: a declared ``Content-Length`` above it is refused before anything is
+    read, and a body without one is counted as it streams in, so no client can make the
+    server buffer more than ``limit`` bytes. Later ``request.body()`` / ``request.json()``
+    calls are served from what was read (Starlette caches the body on the request)."""
+    too_large = Problem(
+        ProblemCode.PAYLOAD_TOO_LARGE, f"the request body may be at most {limit} bytes"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    request._body = bytes(body)  # what Request.body() returns from now on
+    return request._body
 
 
 def _response(
@@ -209,13 +235,36 @@ async def _on_validation(_request: Request, exc: Exception) -> JSONResponse:
     return _response({**problem.to_dict(), "errors": items}, problem.status)
 
 
-async def _on_http_exception(_request: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str | None:
+    """Every documented method at the request's path, for the ``Allow`` header of a 405 (RFC
+    9110 §15.5.6: it lists them all). Starlette names only the methods of the first route
+    whose path matched, so a path served by two routes (``GET`` and ``POST /admin/cells``)
+    would advertise just one. ``None`` for a path the OpenAPI document does not describe."""
+    app = request.app
+    if not isinstance(app, FastAPI):
+        return None
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        parts = re.split(r"(\{[^/}]+\})", template)  # "/cells/{name}" -> a regex
+        pattern = "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts)
+        if re.fullmatch(pattern, path):
+            methods.update(method.upper() for method in operations if method in _HTTP_METHODS)
+    return ", ".join(sorted(methods)) or None
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODE_FOR_STATUS.get(exc.status_code)
     if code is None:
         code = ProblemCode.BAD_REQUEST if exc.status_code < 500 else ProblemCode.INTERNAL_ERROR
     detail = exc.detail if isinstance(exc.detail, str) else _DEFAULTS[code][1]
-    problem = Problem(code, detail, status=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allow = _allowed_methods(request)
+        if allow is not None:
+            headers["Allow"] = allow
+    problem = Problem(code, detail, status=exc.status_code, headers=headers)
     return _response(problem.to_dict(), problem.status, problem.headers)
 
 
@@ -227,17 +276,36 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 def _document_problems_as_problem_json(app: FastAPI) -> None:
     """FastAPI files a ``responses=`` model under the route's media type (application/json);
-    move it to ``application/problem+json`` wherever :func:`problem_responses` asked for that."""
+    move it to ``application/problem+json`` wherever :func:`problem_responses` asked for that.
+
+    Also document, on every operation that takes a JSON body, the 400 ``bad_request`` FastAPI
+    answers when the body cannot be decoded at all (e.g. it is not UTF-8; JSON syntax errors
+    are 422 ``validation_failed``) and the 413 ``payload_too_large`` of a body above the
+    route's limit (:func:`read_bounded_body`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        spec = generate()  # FastAPI caches it: the moves below happen once
+        spec = generate()  # FastAPI caches it; the changes below are idempotent
+        schemas = spec.get("components", {}).get("schemas", {})
+        problem_schema = {"$ref": "#/components/schemas/ProblemDetails"}
         for path in spec.get("paths", {}).values():
             for operation in path.values():
-                for response in operation.get("responses", {}).values():
+                responses = operation.get("responses", {})
+                for response in responses.values():
                     content = response.get("content", {})
                     if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
                         content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                body = operation.get("requestBody", {}).get("content", {})
+                if "application/json" not in body or "ProblemDetails" not in schemas:
+                    continue
+                for status in (400, 413):
+                    responses.setdefault(
+                        str(status),
+                        {
+                            "description": _STATUS_DESCRIPTIONS[status],
+                            "content": {PROBLEM_MEDIA_TYPE: {"schema": problem_schema}},
+                        },
+                    )
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override

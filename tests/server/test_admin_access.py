@@ -84,6 +84,22 @@ async def test_repeated_failures_from_one_address_are_rate_limited(env: AdminEnv
         assert_problem(await same_address.get("/admin/cells"), 429, "rate_limited")
 
 
+async def test_requests_without_a_token_are_refused_but_not_throttled(env: AdminEnv) -> None:
+    """A request with no bearer token guesses nothing: 401, but it does not count towards the
+    limit, so anonymous requests cannot lock out the admins who share an address."""
+    async with (
+        env.other_client("10.0.0.11") as anonymous,
+        env.other_client("10.0.0.11", token=env.token) as admin,
+    ):
+        for _ in range(25):
+            assert_problem(await anonymous.get("/admin/cells"), 401, "unauthorized")
+            headers = {"Authorization": "Basic cm9vdDpyb290"}
+            assert_problem(
+                await anonymous.get("/admin/cells", headers=headers), 401, "unauthorized"
+            )
+        assert (await admin.get("/admin/cells")).status_code == 200
+
+
 def test_failure_limiter_window() -> None:
     clock = ManualClock(0.0)
     limiter = FailureLimiter(3, 10.0, clock=clock, max_addresses=2)

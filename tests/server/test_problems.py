@@ -87,6 +87,42 @@ async def test_routing_errors_are_problems(client: httpx.AsyncClient) -> None:
     assert_problem(await client.delete("/boom"), 405, "method_not_allowed")
 
 
+async def test_a_405_allows_every_method_of_the_path(env: AdminEnv) -> None:
+    """RFC 9110 §15.5.6: ``Allow`` lists every method of the resource, also when two routes
+    serve one path (Starlette named only the first route's; found by schemathesis)."""
+    response = await env.client.request("OPTIONS", "/admin/cells")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
+    response = await env.client.put("/admin/cells/alpha/suspend")
+    assert response.headers["allow"] == "POST"
+
+
+async def test_an_undecodable_json_body_is_a_documented_400(env: AdminEnv) -> None:
+    response = await env.client.post(
+        "/admin/cells", content=b'{"name": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "bad_request")
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(env: AdminEnv) -> None:
+    """A body above the admin routes' limit is a 413 problem, with or without a token (the
+    body would otherwise be buffered whole before authentication)."""
+    body = b'{"name": "' + b"a" * 100_000 + b'"}'
+    headers = {"content-type": "application/json"}
+    response = await env.client.post("/admin/cells", content=body, headers=headers)
+    assert_problem(response, 413, "payload_too_large")
+    async with env.other_client("10.0.0.3") as anonymous:
+        chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
+
+        async def stream() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for chunk in chunks:
+                yield chunk
+
+        response = await anonymous.post("/admin/cells", content=stream(), headers=headers)
+    assert_problem(response, 413, "payload_too_large")
+    assert (await env.client.get("/admin/cells")).json() == []
+
+
 def test_problem_defaults() -> None:
     problem = Problem(ProblemCode.RATE_LIMITED, "slow down")
     assert (problem.status, problem.title) == (429, "Too many requests")
@@ -122,7 +158,10 @@ async def test_admin_openapi_documents_models_problems_and_security(env: AdminEn
         "/admin/audit",
     }
     create = paths["/admin/cells"]["post"]
-    assert set(create["responses"]) == {"201", "401", "409", "422", "429"}
+    # 400: a JSON body that cannot even be decoded (not UTF-8; found by schemathesis);
+    # 413: a body above the admin routes' limit.
+    assert set(create["responses"]) == {"201", "400", "401", "409", "413", "422", "429"}
+    assert "400" not in paths["/admin/cells"]["get"]["responses"]  # no body, no 400
     assert PROBLEM_MEDIA_TYPE in create["responses"]["409"]["content"]
     ok = create["responses"]["201"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/CellCreated"}

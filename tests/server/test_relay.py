@@ -404,8 +404,12 @@ async def test_unauthenticated_connection_limit(tmp_path: Path) -> None:
     with running_relay(tmp_path, max_unauthenticated=2, handshake_timeout_seconds=3) as relay:
         idle = [await websockets.connect(relay.ws_url, compression=None) for _ in range(2)]
         await asyncio.sleep(0.2)
-        with pytest.raises(websockets.InvalidStatus):
-            await websockets.connect(relay.ws_url, compression=None)
+        # Refused with the documented rate_limited close code (SPEC.md §11.7), not an HTTP 403.
+        async with websockets.connect(relay.ws_url, compression=None) as third:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(third.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED]
         for ws in idle:
             await ws.close()
         async with httpx.AsyncClient(base_url=relay.url) as http:
