@@ -62,6 +62,8 @@ def run(host: str, port: int, database: str | None, key_file: Path | None, bus: 
     print the relay key fingerprint and a first admin token."""
     import uvicorn
 
+    from liaison.protocol.noise import MAX_MESSAGE_LEN
+
     from .admin_auth import count_admin_tokens, create_admin_token
     from .app import create_app
     from .bus import BusError, bus_kind
@@ -108,6 +110,10 @@ def run(host: str, port: int, database: str | None, key_file: Path | None, bus: 
         http="httptools",
         ws="websockets-sansio",
         ws_per_message_deflate=False,
+        # A link message is one Noise transport message: never more than 65535 bytes, so an
+        # unauthenticated peer cannot make the relay buffer uvicorn's default 16 MiB.
+        ws_max_size=MAX_MESSAGE_LEN,
+        limit_concurrency=settings.max_connections,
         log_level="info",
         access_log=False,
     )

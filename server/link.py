@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
@@ -77,27 +75,8 @@ class StarletteSocket(SocketLike):
             await self.ws.close(code, reason)
 
 
-@contextlib.asynccontextmanager
-async def _freeze_startup_heap(_app: Any) -> AsyncIterator[None]:
-    """The link router's lifespan, entered once the relay has started (FastAPI nests a router's
-    lifespan inside the app's): move every object that exists by then -- the framework, the
-    ORM, the compiled routes and schemas -- to CPython's permanent generation.
-
-    Full (generation 2) collections then no longer traverse that start-up heap. Without this,
-    a burst of connections triggered full collections that stalled the event loop for 100-250
-    ms each, and /healthz answered in up to 350 ms while 300 idle WebSockets were opened
-    (tests/reliability/test_exhaustion.py). Unfrozen again at shutdown.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
-    router = APIRouter(lifespan=_freeze_startup_heap)
+    router = APIRouter()
     settings = relay.settings
 
     @router.get("/v1/relay", tags=["link"], summary="The relay's static link key")

@@ -303,7 +303,9 @@ class Connection:
             self.relay.spawn(self._on_list_peers(frame.request_id))
         elif isinstance(frame, f.PingFrame):
             self.send(f.PongFrame(frame.opaque))
-        elif isinstance(frame, f.PongFrame):
+        elif isinstance(frame, f.PongFrame | f.ErrorFrame):
+            # ERROR travels both ways (SPEC.md §10): a cell may report a frame it could not
+            # use; nothing to answer (answering an ERROR with an ERROR could loop).
             pass
         else:
             self.send(
@@ -441,6 +443,10 @@ class Connection:
         return len(self._sent) + len(self._acking)
 
     async def _pump(self) -> None:
+        # ACKs this cell sent on its previous link may still be waiting for their commit: let
+        # them land first, so the backlog read below never hands out an acknowledged envelope.
+        with contextlib.suppress(Exception):
+            await self.relay.writer.flush()
         await self._drain_store()
         while self._closing is None:
             await self._wake.wait()

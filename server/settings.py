@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     idle_timeout_seconds: float = Field(default=120.0, gt=0)
     ping_interval_seconds: float = Field(default=30.0, gt=0)
     max_unauthenticated: int = Field(default=1024, ge=1)
+    # Every open connection of the process (links, handshakes, HTTP requests, and requests
+    # still sending their headers): beyond it, new ones get HTTP 503 (uvicorn's
+    # limit_concurrency). Keep it under the process's open-file limit.
+    max_connections: int = Field(default=10000, ge=16)
     prekeys_low_threshold: int = Field(default=10, ge=0)
     max_one_time_prekeys: int = Field(default=1000, ge=1)
 

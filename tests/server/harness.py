@@ -44,6 +44,7 @@ from liaison.protocol.keys import (
     X25519KeyPair,
 )
 from liaison.protocol.link import LinkInitiator, LinkTransport
+from liaison.protocol.noise import MAX_MESSAGE_LEN
 from liaison.protocol.session import Session, initiate, respond
 from liaison.server.admin_auth import create_admin_token
 from liaison.server.app import create_app
@@ -89,7 +90,8 @@ class RunningRelay:
         self.app = create_app(settings, relay_key=relay_key)
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, loop="asyncio", http="httptools",
-            ws="websockets-sansio", ws_per_message_deflate=False, log_level="warning",
+            ws="websockets-sansio", ws_per_message_deflate=False, ws_max_size=MAX_MESSAGE_LEN,
+            limit_concurrency=settings.max_connections, log_level="warning",
             lifespan="on",
         )  # fmt: skip
         self.server = uvicorn.Server(config)
