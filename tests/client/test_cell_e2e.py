@@ -7,7 +7,6 @@ exactly as deployed cells do (``tests.server.harness.running_relay``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
@@ -24,7 +23,6 @@ from liaison.client import (
     CellRevoked,
     CorruptState,
     KeyChanged,
-    Message,
     NotPaired,
     PeerRevoked,
     RelayUnreachable,
@@ -42,6 +40,7 @@ from liaison.protocol.keys import (
     SignedPrekey,
     X25519KeyPair,
 )
+from tests.cells import take
 from tests.server.harness import Admin, RunningRelay, free_port, running_relay
 
 from .faults import CutBeforeAck, cell_keys, expect, impersonate
@@ -88,16 +87,6 @@ async def net(relay: RunningRelay, tmp_path: Path) -> AsyncIterator[Net]:
         await admin.aclose()
         for again in state.restarted:
             again.stop()
-
-
-async def take(cell: Cell, count: int, timeout: float = 10.0) -> list[Message]:
-    out: list[Message] = []
-    async with asyncio.timeout(timeout), contextlib.aclosing(cell.messages()) as stream:
-        async for message in stream:
-            out.append(message)
-            if len(out) == count:
-                break
-    return out
 
 
 async def test_offline_precedences_receipts_and_restarts(net: Net) -> None:

@@ -9,7 +9,6 @@ transports (``faults``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import time
@@ -29,7 +28,6 @@ from liaison.client import (
     CellSuspended,
     CorruptState,
     KeyChanged,
-    Message,
     MessageTooLarge,
     NotEnrolled,
     NotPaired,
@@ -59,6 +57,7 @@ from liaison.protocol.keys import (
 from liaison.protocol.session import initiate
 from liaison.server import schema
 from liaison.server import store as relay_store
+from tests.cells import take
 
 from .faults import CutBeforeAck, cell_keys, expect, impersonate
 from .relaykit import BASE_URL, MemoryRelay, memory_relay
@@ -82,17 +81,6 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         berlin = await relay.new_cell("berlin", pair_with=("paris",))
         rome = await relay.new_cell("rome")
         yield World(relay, paris, berlin, rome)
-
-
-async def take(cell: Cell, count: int, timeout: float = 10.0) -> list[Message]:
-    """The next ``count`` messages ``messages()`` yields."""
-    out: list[Message] = []
-    async with asyncio.timeout(timeout), contextlib.aclosing(cell.messages()) as stream:
-        async for message in stream:
-            out.append(message)
-            if len(out) == count:
-                break
-    return out
 
 
 async def nothing_more(cell: Cell, wait: float = 0.3) -> None:

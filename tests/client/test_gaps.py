@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from liaison.client import Cell, Message
+from liaison.client import Cell
 from liaison.client import channels as ch
 from liaison.client.state import STATE_FILE, Store
 from liaison.protocol import frames as f
@@ -27,6 +27,7 @@ from liaison.protocol.envelope import ContentType, Envelope, Precedence
 from liaison.protocol.errors import LiaisonError
 from liaison.protocol.keys import IdentityKeyPair
 from liaison.protocol.session import initiate
+from tests.cells import take
 from tests.reliability.malicious import MaliciousRelay, Tap
 
 from .faults import cell_keys, expect, impersonate
@@ -58,16 +59,6 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
             yield Pair(evil, paris, berlin, cell_keys(paris)[1], cell_keys(berlin)[1])
         finally:
             await evil.aclose()
-
-
-async def take(cell: Cell, count: int, timeout: float = 10.0) -> list[Message]:
-    out: list[Message] = []
-    async with asyncio.timeout(timeout), contextlib.aclosing(cell.messages()) as stream:
-        async for message in stream:
-            out.append(message)
-            if len(out) == count:
-                break
-    return out
 
 
 async def eventually(check: object, timeout: float = 10.0) -> None:

@@ -1,8 +1,8 @@
 """A relay cluster for tests: several real ``liaison server run`` processes on one PostgreSQL
 database and one bus (Redis or NATS), sharing one relay key file.
 
-* :func:`postgres_database` creates a uniquely named database on the local server (dropped
-  afterwards) or skips the test with the reason when PostgreSQL is unreachable;
+* :func:`postgres_database` (``tests.pgkit``) creates a uniquely named database on the local
+  server (dropped afterwards) or skips the test with the reason when PostgreSQL is unreachable;
 * :func:`bus_reason` says why a shared bus server is unusable (``None`` when it answers);
 * :class:`PrivateBus` runs a bus server of our own (``redis-server`` or ``nats-server``) on a
   free port, so a test can restart it without touching the machine's shared services;
@@ -23,20 +23,19 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from liaison.client.transport import Connection, WebSocketTransport
 from liaison.protocol.keys import X25519KeyPair
 from liaison.server.relay_key import load_or_create
 from tests.client.clikit import LIAISON, free_port, stop_process
+from tests.pgkit import postgres_database
 from tests.server.harness import Link
 
 __all__ = [
@@ -49,39 +48,11 @@ __all__ = [
     "postgres_database",
 ]
 
-POSTGRES_URL = os.environ.get(
-    "LIAISON_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 SHARED_BUS = {"redis": "redis://127.0.0.1:6379/0", "nats": "nats://127.0.0.1:4222"}
-_REQUIRE = os.environ.get("LIAISON_TEST_REQUIRE_POSTGRES") == "1"
 
 
 def _skip(reason: str) -> None:
-    if _REQUIRE:
-        pytest.fail(reason)
     pytest.skip(reason)
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """The URL of a new, empty database private to this test (dropped afterwards)."""
-    admin = create_async_engine(
-        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"timeout": 3}
-    )
-    name = f"liaison_cluster_{uuid.uuid4().hex[:12]}"
-    try:
-        try:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        except Exception as exc:
-            _skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc!r}"[:300])
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.dispose()
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -26,6 +26,7 @@ import pytest
 from liaison.client import Cell, Message, WebSocketTransport
 from liaison.client.transport import Transport
 from liaison.protocol import frames as f
+from tests.cells import take
 from tests.server.harness import Admin, RawCell
 
 from .clusterkit import (
@@ -103,16 +104,6 @@ async def world(
             raise
         finally:
             await admin.aclose()
-
-
-async def take(cell: Cell, count: int, timeout: float = 15.0) -> list[Message]:
-    out: list[Message] = []
-    async with asyncio.timeout(timeout), contextlib.aclosing(cell.messages()) as stream:
-        async for message in stream:
-            out.append(message)
-            if len(out) == count:
-                break
-    return out
 
 
 def in_order(messages: list[Message]) -> None:
@@ -374,7 +365,7 @@ async def test_bus_restart_mid_stream_falls_back_to_polling(
                 for n in range(1, 11):
                     started = time.monotonic()
                     await paris.send("berlin", f"flash {n}", precedence="flash", ttl=600)
-                    [got] = await take(berlin, 1, timeout=10)
+                    [got] = await take(berlin, 1, timeout=15)
                     assert got.body == f"flash {n}"
                     downtime.append(time.monotonic() - started)
                 assert max(downtime) < 5.0  # the poll delivers: about one interval each
@@ -387,7 +378,7 @@ async def test_bus_restart_mid_stream_falls_back_to_polling(
                 received_before = metric(node1, "liaison_bus_received_total")
                 for n in range(11, 16):
                     await paris.send("berlin", f"flash {n}", precedence="flash", ttl=600)
-                    [got] = await take(berlin, 1, timeout=10)
+                    [got] = await take(berlin, 1, timeout=15)
                     assert got.body == f"flash {n}"
                 deadline = time.monotonic() + 10
                 while metric(node1, "liaison_bus_received_total") <= received_before:

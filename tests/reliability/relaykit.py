@@ -6,7 +6,7 @@ provisioned through the relay's real admin API and enrollment endpoint.
   is started and stopped from async tests without blocking the event loop the cells run on.
   Each run's output goes to its own log file.
 * :func:`migrate` is ``liaison server db upgrade --database URL``.
-* :func:`postgres_database` creates a uniquely named database on the local PostgreSQL server
+* :func:`postgres_database` (``tests.pgkit``) creates a uniquely named database on the local server
   (``LIAISON_TEST_POSTGRES_URL``, the server tests' default) and drops it afterwards; the test
   is skipped, with the reason, when the server cannot be reached
   (``LIAISON_TEST_REQUIRE_POSTGRES=1`` makes that a failure).
@@ -21,26 +21,19 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from liaison.client import Cell
 from tests.client.clikit import free_port
+from tests.pgkit import postgres_database
 from tests.server.harness import Admin
 
 __all__ = ["LIAISON", "KillableRelay", "migrate", "postgres_database", "provision"]
 
 LIAISON = str(Path(sys.executable).with_name("liaison"))
-POSTGRES_URL = os.environ.get(
-    "LIAISON_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 READY_TIMEOUT = 60.0
 """Seconds a relay may take to answer ``/healthz`` (generous: the machine is shared)."""
 
@@ -148,40 +141,6 @@ async def migrate(database_url: str) -> None:
     async with asyncio.timeout(120):
         out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode(errors="replace")
-
-
-async def _postgres_unreachable() -> str | None:
-    engine = create_async_engine(POSTGRES_URL, connect_args={"timeout": 3})
-    try:
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-        return None
-    except Exception as exc:
-        return f"PostgreSQL unreachable at {POSTGRES_URL}: {exc!r}"[:300]
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def postgres_database() -> AsyncIterator[str]:
-    """The URL of a new, empty database on the local PostgreSQL server, dropped afterwards."""
-    reason = await _postgres_unreachable()
-    if reason is not None:
-        if os.environ.get("LIAISON_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    name = f"liaison_rel_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.dispose()
 
 
 async def provision(

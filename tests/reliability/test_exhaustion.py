@@ -241,8 +241,11 @@ async def _frames_until(link: Link, done: Callable[[list[f.Frame]], bool],
 # -- oversized input ---------------------------------------------------------------------------
 
 
+CUT_MID_MESSAGE = -1  # a close code stand-in: reset by the relay mid-message
+
+
 async def test_oversized_messages_frames_and_envelopes(main_relay: Relay, main_pair: Pair) -> None:
-    """Oversized WebSocket messages are fatal (4000) before and after the handshake; an
+    """Oversized WebSocket messages are fatal (1009) before and after the handshake; an
     oversized frame or envelope inside a valid transport message is refused with an ERROR frame
     and the link stays open."""
     target = main_relay.target
@@ -258,17 +261,25 @@ async def test_oversized_messages_frames_and_envelopes(main_relay: Relay, main_p
         for size in sizes:
             raw = await RawWebSocket.open(target)
             assert raw.status == 101
-            await raw.send(os.urandom(size))
+            try:
+                await raw.send(os.urandom(size))
+                code = await raw.close_code(30)
+            except (ConnectionResetError, BrokenPipeError):
+                code = CUT_MID_MESSAGE  # closed while the message was still arriving
             sent_bytes += size
-            closes.append(("before the handshake", size, await raw.close_code(30)))
+            closes.append(("before the handshake", size, code))
             raw.abort()
             under_way.set()
         # After the handshake: a transport message above the Noise limit kills the link.
         for size in sizes:
             link = await connect(big, target)
-            await link.send_raw(os.urandom(size))
+            try:
+                await link.send_raw(os.urandom(size))
+                code = await expect_close(link.ws, 30)
+            except (ConnectionResetError, BrokenPipeError, websockets.ConnectionClosed):
+                code = await expect_close(link.ws, 30) if link.ws.close_code else CUT_MID_MESSAGE
             sent_bytes += size
-            closes.append(("after the handshake", size, await expect_close(link.ws, 30)))
+            closes.append(("after the handshake", size, code))
         # A frame at the size limit but invalid, and envelopes above the relay's maximum (or
         # above any bucket): ERROR frames with documented codes, the link survives.
         link = await connect(big, target)
@@ -295,10 +306,15 @@ async def test_oversized_messages_frames_and_envelopes(main_relay: Relay, main_p
     # layer as it arrives, with 1009 "message too big" (SPEC.md M-LINK-6), before the relay
     # buffers it; a hello still arriving when the handshake timeout ends is closed by the
     # timeout instead.
+    # A multi-megabyte message may still be on its way when the relay closes, and the peer's
+    # TCP stack then resets the connection before the close frame can be read.
     too_big = 1009
-    before = {f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], too_big}
+    before = {f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], too_big, CUT_MID_MESSAGE}
     assert all(code in before for when, _s, code in closes if when.startswith("before")), closes
-    assert all(code == too_big for when, _s, code in closes if when.startswith("after")), closes
+    after = {too_big, CUT_MID_MESSAGE}
+    assert all(code in after for when, _s, code in closes if when.startswith("after")), closes
+    # Messages just over the limit are always refused with the close code itself.
+    assert all(code != CUT_MID_MESSAGE for _w, size, code in closes if size <= 2**20), closes
     record(
         SUITE,
         "oversized messages, frames and envelopes",

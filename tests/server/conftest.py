@@ -11,38 +11,15 @@ relay really runs on). Engines are disposed so no connection outlives its test.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from liaison.server import migrate
 from liaison.server.db import create_engine
-
-POSTGRES_URL = os.environ.get(
-    "LIAISON_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-_REQUIRE_POSTGRES = os.environ.get("LIAISON_TEST_REQUIRE_POSTGRES") == "1"
-_probe: dict[str, str | None] = {}
-
-
-async def _postgres_unreachable() -> str | None:
-    """``None`` if the PostgreSQL server answers, else why not (probed once per session)."""
-    if "reason" not in _probe:
-        admin = create_async_engine(POSTGRES_URL, connect_args={"timeout": 3})
-        try:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
-            _probe["reason"] = None
-        except Exception as exc:
-            _probe["reason"] = f"PostgreSQL unreachable at {POSTGRES_URL}: {exc!r}"[:300]
-        finally:
-            await admin.dispose()
-    return _probe["reason"]
+from tests.pgkit import postgres_database
 
 
 @pytest.fixture(
@@ -53,23 +30,8 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path}/t.db"
         return
-    reason = await _postgres_unreachable()
-    if reason is not None:
-        if _REQUIRE_POSTGRES:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    name = f"liaison_test_{uuid.uuid4().hex[:16]}"
-    admin = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.dispose()
+    async with postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
