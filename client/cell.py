@@ -376,12 +376,7 @@ class Cell(CellCore):
     def inbox(self, *, peer: str | None = None, limit: int = 100) -> list[Message]:
         """Stored messages (also those already yielded), oldest first."""
         store = self._require_store()
-        sender = None
-        if peer is not None:
-            row = _find_peer(store, peer)
-            if row is None:
-                raise UnknownPeer(peer)
-            sender = row.cell_id
+        sender = _peer_id(store, peer)
         return [self._message(store, row) for row in tables.inbox_rows(store, sender, limit)]
 
     async def mark_read(self, *messages: Message) -> None:
@@ -431,12 +426,7 @@ class Cell(CellCore):
         once it has stayed open ``gap_grace`` seconds; it is then reported to the peer, whose
         status of those messages becomes ``missing``."""
         store = self._require_store()
-        sender = None
-        if peer is not None:
-            row = _find_peer(store, peer)
-            if row is None:
-                raise UnknownPeer(peer)
-            sender = row.cell_id
+        sender = _peer_id(store, peer)
         labels = _labels(store)
         cutoff = time.time() - self._gap_grace
         return [Gap(labels.get(g.peer, g.peer.hex()), g.first_seq, g.last_seq, utc(g.noticed_at),
@@ -518,6 +508,16 @@ def _find_peer(store: Store, peer: str) -> PeerRow | None:
     if row is None and _is_cell_id(peer):
         row = tables.peer_by_id(store, bytes.fromhex(peer))
     return row
+
+
+def _peer_id(store: Store, peer: str | None) -> bytes | None:
+    """The cell id of ``peer`` (a name or hex id); None for None; ``UnknownPeer`` if unknown."""
+    if peer is None:
+        return None
+    row = _find_peer(store, peer)
+    if row is None:
+        raise UnknownPeer(peer)
+    return row.cell_id
 
 
 def _labels(store: Store) -> dict[bytes, str]:

@@ -36,34 +36,18 @@ The SDK's outbox is the only resend mechanism: this script never sends a number 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import sys
 from pathlib import Path
-from typing import IO
 
 from liaison.client import Cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.client.crash_worker import Journal
 from tests.reliability.ledger import body, precedence_of
 
 ACCEPT_TIMEOUT = 60.0
-
-
-class Journal:
-    """Append-only lines, each durable before ``write`` returns."""
-
-    def __init__(self, path: Path) -> None:
-        self._file: IO[str] = path.open("a", encoding="utf-8")
-
-    def write(self, line: str) -> None:
-        self._file.write(line + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def handled_ids(path: Path) -> set[str]:

@@ -494,19 +494,26 @@ async def _receipts_missing(homes: dict[str, Path], timeout: float) -> int:
         return missing()
 
 
-async def test_sdk_processes_sigkilled_mid_stream(tmp_path: Path, crowd: Crowd) -> None:
-    rng = random.Random(f"{SEED}-sdk")
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_sdk_processes_sigkilled_mid_stream(
+    tmp_path: Path, crowd: Crowd, database: str
+) -> None:
+    rng = random.Random(f"{SEED}-sdk-{database}")
     started = time.monotonic()
-    url = f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
-    await migrate(url)
-    relay = KillableRelay(tmp_path / "relay", url)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if database == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+        else:
+            url = await stack.enter_async_context(postgres_database())
+        await migrate(url)
+        relay = KillableRelay(tmp_path / "relay", url)
+        stack.push_async_callback(relay.stop)
         await relay.start()
         homes = await provision(relay, tmp_path / "cells", [("sdk-a", "sdk-b")])
         plan = await asyncio.to_thread(_sdk_rounds, rng, homes, tmp_path, crowd)
         receipts_missing = await _receipts_missing(homes, DRAIN_TIMEOUT)
-    finally:
-        await relay.stop()
 
     ledger, audit = Ledger(), Audit()
     for name in homes:
@@ -532,7 +539,7 @@ async def test_sdk_processes_sigkilled_mid_stream(tmp_path: Path, crowd: Crowd) 
           f"{time.monotonic() - started:.0f} s\n{report}")  # fmt: skip
     record(
         "crash",
-        "SDK processes SIGKILLed mid-stream",
+        f"SDK processes SIGKILLed mid-stream ({database})",
         {"messages": messages, "sdk_kills": plan.kills, "kills_mid_send": plan.mid_send,
          "kills_mid_receive": plan.mid_receive, "reyielded_recorded": ledger.again,
          "reyielded_unrecorded": audit.rescued},
