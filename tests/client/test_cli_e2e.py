@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .clikit import Cli, RelayProcess, free_port, relay_process
+from .clikit import LIAISON, Cli, RelayProcess, free_port, relay_process
 
 PRECEDENCE_ORDER = ["flash", "immediate", "priority", "routine"]
 MARKING = "NATO RESTRICTED"
@@ -220,3 +221,28 @@ def test_bad_codes_exit_14(cli: Cli, tmp_path: Path) -> None:
 
 def test_not_enrolled_exits_19(cli: Cli, tmp_path: Path) -> None:
     cli.fails(19, "cell", "--home", str(tmp_path / "empty"), "peers")
+
+
+def test_listen_never_loses_a_message_it_could_not_print(cli: Cli, tmp_path: Path) -> None:
+    """``listen`` whose output goes nowhere (the reading end of its pipe is closed, as when a
+    consumer dies) does not count the message as handed over: the next ``listen`` prints it."""
+    paris = enrolled(cli, tmp_path, "e2e-pipe-paris")
+    berlin = enrolled(cli, tmp_path, "e2e-pipe-berlin")
+    cli.pair("e2e-pipe-paris", "e2e-pipe-berlin")
+    sent = cli.cell_json(paris, "send", "e2e-pipe-berlin", "do not drop me")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read what listen prints
+    try:
+        proc = subprocess.run(
+            [LIAISON, "cell", "--home", str(berlin), "--json", "listen", "--count", "1",
+             "--timeout", "30"],
+            env=cli.env, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    again = cli.cell(berlin, "--json", "listen", "--count", "1", "--timeout", "30")
+    [message] = [json.loads(line) for line in again.splitlines()]
+    assert (message["id"], message["body"]) == (sent["message_id"], "do not drop me")
