@@ -31,13 +31,9 @@ import contextlib
 import logging
 import os
 import random
-import select
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,8 +41,10 @@ import pytest
 from liaison.client import Cell
 from liaison.client.transport import Connection, Transport
 
+from . import workers
 from .clikit import Cli, relay_process
 from .relaykit import memory_relay
+from .workers import Worker
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 SEED = int(os.environ.get("CRASH_SAFETY_SEED", "20240611"))  # another seed: a new schedule
@@ -63,96 +61,25 @@ READY_TIMEOUT = 20.0
 FINISH_TIMEOUT = 40.0
 
 
-@dataclass
-class Worker:
-    """One ``crash_worker.py`` process."""
+class Crowd(workers.Crowd):
+    """The crash workers, with ``ready`` on stdout, and the sender's arguments."""
 
-    role: str
-    proc: subprocess.Popen[bytes]
-    stderr: Path
-    started: float = field(default_factory=time.monotonic)
-    ready_at: float | None = None
-    killed: bool = False
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float | None:
-        """When the cell was open and linked (``None`` if the process ended first)."""
-        if self.ready_at is not None:
-            return self.ready_at
-        out = self.proc.stdout
-        assert out is not None
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([out], [], [], remaining)
-            if not readable:
-                break
-            line = out.readline()
-            if not line:
-                return None  # it exited
-            if line.strip() == b"ready":
-                self.ready_at = time.monotonic()
-                return self.ready_at
-        raise AssertionError(f"{self.role} was not ready after {timeout} s:\n{self.errors()}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.killed = True
-        self.proc.wait()
-
-    def finish(self, timeout: float = FINISH_TIMEOUT) -> None:
-        """Wait for a process that is not killed: it must end by itself, cleanly."""
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.role} hung for {timeout} s:\n{self.errors()}") from None
-        assert code == 0, f"{self.role} exited with {code}:\n{self.errors()}"
-        assert "Traceback" not in self.errors(), self.errors()
-
-    def errors(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-
-class Crowd:
-    """Starts workers and SIGKILLs whatever is still running at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.workers: list[Worker] = []
-
-    def start(self, role: str, *args: str) -> Worker:
-        stderr = self.root / f"{len(self.workers):03d}-{role}.stderr"
-        with stderr.open("wb") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=sink,
-                env={k: v for k, v in os.environ.items() if not k.startswith("LIAISON_")},
-            )
-        worker = Worker(role, proc, stderr)
-        self.workers.append(worker)
-        return worker
+    def start(self, name: str, *args: str, pipe_stdout: bool = True) -> Worker:
+        return super().start(name, *args, pipe_stdout=pipe_stdout)
 
     def sender(self, home: Path, peer: str, journal: Path, start: int, count: int,
                pace: float = 0.0, prefix: str = "m") -> Worker:  # fmt: skip
         return self.start("sender", "send", str(home), peer, str(journal), str(start),
                           str(count), f"{pace:.3f}", str(SENDER_LINGER), prefix)  # fmt: skip
 
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.kill()
-            if worker.proc.stdout is not None:
-                worker.proc.stdout.close()
-
 
 @pytest.fixture
 def crowd(tmp_path: Path) -> Iterator[Crowd]:
-    workers = Crowd(tmp_path)
+    started = Crowd(tmp_path, WORKER)
     try:
-        yield workers
+        yield started
     finally:
-        workers.close()
+        started.close()
 
 
 def journal(path: Path) -> list[list[str]]:
@@ -205,31 +132,31 @@ def test_sigkill_sender_and_receiver_at_random_points(tmp_path: Path, crowd: Cro
             kills: list[tuple[float, Worker]] = []
             for victim in victims:
                 delay = rng.uniform(*KILL_DELAY)
-                base = victim.started if from_spawn else victim.wait_ready()
+                base = victim.started if from_spawn else victim.wait_ready(READY_TIMEOUT)
                 kills.append(((base or time.monotonic()) + delay, victim))
             for when, victim in sorted(kills, key=lambda k: k[0]):
                 time.sleep(max(0.0, when - time.monotonic()))
                 victim.kill()
             for worker in (sender, receiver):
                 if worker not in victims:
-                    worker.finish()
+                    worker.finish(FINISH_TIMEOUT)
             receiver_kills += receiver.killed
-            killed = [w.role for w in victims if w.killed] or "nothing (already done)"
+            killed = [w.name for w in victims if w.killed] or "nothing (already done)"
             plan.append(f"round {round_no}: from m{start}, pace {pace:.3f}, killed {killed}")
 
         # No more killing: A's outbox reaches the relay, B drains its queue.
-        crowd.start("flush", "flush", str(a), str(a_sent)).finish()
-        crowd.start("drain", "recv", str(b), str(b_seen), str(2 * RECV_IDLE)).finish()
+        crowd.start("flush", "flush", str(a), str(a_sent)).finish(FINISH_TIMEOUT)
+        crowd.start("drain", "recv", str(b), str(b_seen), str(2 * RECV_IDLE)).finish(FINISH_TIMEOUT)
 
         # The sessions still work, both ways, with the peer online.
         last = max(numbers(a_sent, "about"), default=-1) + 1
         b_final = crowd.start("receiver", "recv", str(b), str(b_seen), str(2 * RECV_IDLE))
-        crowd.sender(a, "crash-b", a_sent, last, 1).finish()
-        b_final.finish()
+        crowd.sender(a, "crash-b", a_sent, last, 1).finish(FINISH_TIMEOUT)
+        b_final.finish(FINISH_TIMEOUT)
         b_sent, a_seen = tmp_path / "b-sender.journal", tmp_path / "a-receiver.journal"
         a_final = crowd.start("receiver", "recv", str(a), str(a_seen), str(2 * RECV_IDLE))
-        crowd.sender(b, "crash-a", b_sent, 0, 1, prefix="r").finish()
-        a_final.finish()
+        crowd.sender(b, "crash-a", b_sent, 0, 1, prefix="r").finish(FINISH_TIMEOUT)
+        a_final.finish(FINISH_TIMEOUT)
 
     about = numbers(a_sent, "about")
     sent = numbers(a_sent, "sent")
@@ -283,11 +210,11 @@ def test_message_handed_over_when_the_process_dies_stays_in_the_inbox(
         cli.enroll(a, codes["die-a"])
         cli.enroll(b, codes["die-b"])
         a_sent, b_seen = tmp_path / "a-sender.journal", tmp_path / "b-receiver.journal"
-        crowd.sender(a, "die-b", a_sent, 0, 2).finish()
+        crowd.sender(a, "die-b", a_sent, 0, 2).finish(FINISH_TIMEOUT)
 
         dying = crowd.start("die", "die", str(b))
         assert dying.proc.wait(FINISH_TIMEOUT) == -signal.SIGKILL, dying.errors()
-        crowd.start("receiver", "recv", str(b), str(b_seen), str(RECV_IDLE)).finish()
+        crowd.start("receiver", "recv", str(b), str(b_seen), str(RECV_IDLE)).finish(FINISH_TIMEOUT)
 
     assert [body for _, _, body in received(b_seen)] == ["m1"]
     stored, _ = asyncio.run(inbox_and_outbox(b))

@@ -34,9 +34,6 @@ import contextlib
 import math
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +43,8 @@ from typing import Any
 import pytest
 
 from liaison.client import Cell
+from tests.client import workers
+from tests.client.workers import Worker
 
 from .ledger import Ledger, body, precedence_of
 from .relaykit import KillableRelay, migrate, postgres_database, provision
@@ -263,72 +262,22 @@ async def test_relay_sigkilled_mid_stream(tmp_path: Path, database: str) -> None
 # -- SDK crash ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    """One ``crash_worker.py`` process."""
+class Crowd(workers.Crowd):
+    """The SDK crash workers (``crash_worker.py``: one process sends and receives)."""
 
-    name: str
-    proc: subprocess.Popen[bytes]
-    stderr: Path
-    started: float = field(default_factory=time.monotonic)
-    killed: bool = False
-
-    def kill(self) -> bool:
-        """SIGKILL; whether the process was still running."""
-        alive = self.proc.poll() is None
-        if alive:
-            self.proc.send_signal(signal.SIGKILL)
-            self.killed = True
-        self.proc.wait()
-        return alive
-
-    def finish(self) -> None:
-        try:
-            code = self.proc.wait(FINISH_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.name} hung:\n{self.errors()}") from None
-        assert code == 0, f"{self.name} exited with {code}:\n{self.errors()}"
-        assert "Traceback" not in self.errors(), self.errors()
-
-    def errors(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-
-class Crowd:
-    """Starts workers; SIGKILLs whatever still runs at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.workers: list[Worker] = []
-
-    def start(self, home: Path, name: str, peer: str, journal: Path, start: int, count: int,
-              pace: float, salt: int) -> Worker:  # fmt: skip
-        stderr = self.root / f"{len(self.workers):03d}-{name}.stderr"
-        args = [str(home), name, peer, str(journal), str(start), str(count), f"{pace:.3f}",
-                str(SDK_IDLE), str(salt)]  # fmt: skip
-        with stderr.open("wb") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER), *args], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=sink,
-                env={k: v for k, v in os.environ.items() if not k.startswith("LIAISON_")},
-            )  # fmt: skip
-        worker = Worker(name, proc, stderr)
-        self.workers.append(worker)
-        return worker
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.kill()
+    def sdk(self, home: Path, name: str, peer: str, journal: Path, start: int, count: int,
+            pace: float, salt: int) -> Worker:  # fmt: skip
+        return self.start(name, str(home), name, peer, str(journal), str(start), str(count),
+                          f"{pace:.3f}", str(SDK_IDLE), str(salt))  # fmt: skip
 
 
 @pytest.fixture
 def crowd(tmp_path: Path) -> Iterator[Crowd]:
-    workers = Crowd(tmp_path)
+    started = Crowd(tmp_path, WORKER)
     try:
-        yield workers
+        yield started
     finally:
-        workers.close()
+        started.close()
 
 
 def _lines(path: Path) -> list[list[str]]:
@@ -430,7 +379,7 @@ def _sdk_rounds(rng: random.Random, homes: dict[str, Path], root: Path, crowd: C
             start = _next_index(_journal(root, name))
             plan.last[name] = start
             starts[name] = sum(1 for p in _lines(_journal(root, name)) if p[0] == "start")
-            workers[name] = crowd.start(homes[name], name, PEER[name], _journal(root, name),
+            workers[name] = crowd.sdk(homes[name], name, PEER[name], _journal(root, name),
                                         start, 1 if last else SDK_BATCH,
                                         rng.uniform(*SDK_PACE), SALT[name])  # fmt: skip
         victims = [] if last else rng.choice([["sdk-a"], ["sdk-b"], ["sdk-a", "sdk-b"]])
@@ -471,7 +420,7 @@ def _sdk_rounds(rng: random.Random, homes: dict[str, Path], root: Path, crowd: C
             time.sleep(0.003)
         for name, worker in workers.items():
             if name not in killed:
-                worker.finish()
+                worker.finish(FINISH_TIMEOUT)
         plan.lines.append(f"round {round_no}: victims {triggers}, killed {killed}")
     return plan
 
