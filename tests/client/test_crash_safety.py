@@ -44,7 +44,7 @@ from liaison.client.transport import Connection, Transport
 from . import workers
 from .clikit import Cli, relay_process
 from .relaykit import memory_relay
-from .workers import Worker
+from .workers import Worker, journal_lines
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 SEED = int(os.environ.get("CRASH_SAFETY_SEED", "20240611"))  # another seed: a new schedule
@@ -75,27 +75,18 @@ class Crowd(workers.Crowd):
 
 @pytest.fixture
 def crowd(tmp_path: Path) -> Iterator[Crowd]:
-    started = Crowd(tmp_path, WORKER)
-    try:
+    with Crowd(tmp_path, WORKER) as started:
         yield started
-    finally:
-        started.close()
-
-
-def journal(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [line.split(" ", 3) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def numbers(path: Path, what: str) -> dict[int, str]:
     """``about``/``sent`` lines of a sender journal: number -> message id ("" for about)."""
-    return {int(p[1]): (p[2] if len(p) > 2 else "") for p in journal(path) if p[0] == what}
+    return {int(p[1]): (p[2] if len(p) > 2 else "") for p in journal_lines(path) if p[0] == what}
 
 
 def received(path: Path) -> list[tuple[str, str, str]]:
     """``(message id, sender, body)`` of every message a receiver journaled, in order."""
-    rows = journal(path)
+    rows = journal_lines(path)
     bad = [row for row in rows if row[0] == "bad"]
     assert not bad, f"messages that did not open: {bad}"
     return [(row[1], row[2], row[3]) for row in rows if row[0] == "msg"]

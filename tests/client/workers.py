@@ -16,8 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
-__all__ = ["Crowd", "Worker"]
+__all__ = ["Crowd", "Worker", "journal_lines"]
 
 
 @dataclass
@@ -96,8 +97,22 @@ class Crowd:
         self.workers.append(worker)
         return worker
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for worker in self.workers:
             worker.kill()
             if worker.proc.stdout is not None:
                 worker.proc.stdout.close()
+
+
+def journal_lines(path: Path) -> list[list[str]]:
+    """A worker's journal (one fsync'd line per event), each line split into at most four
+    fields; empty if the worker never wrote one."""
+    if not path.exists():
+        return []
+    return [line.split(" ", 3) for line in path.read_text(encoding="utf-8").splitlines()]

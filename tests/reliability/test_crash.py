@@ -44,7 +44,7 @@ import pytest
 
 from liaison.client import Cell
 from tests.client import workers
-from tests.client.workers import Worker
+from tests.client.workers import Worker, journal_lines
 
 from .ledger import Ledger, body, precedence_of
 from .relaykit import KillableRelay, migrate, postgres_database, provision
@@ -273,21 +273,12 @@ class Crowd(workers.Crowd):
 
 @pytest.fixture
 def crowd(tmp_path: Path) -> Iterator[Crowd]:
-    started = Crowd(tmp_path, WORKER)
-    try:
+    with Crowd(tmp_path, WORKER) as started:
         yield started
-    finally:
-        started.close()
-
-
-def _lines(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [line.split(" ", 3) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _next_index(path: Path) -> int:
-    return max((int(p[1]) for p in _lines(path) if p[0] == "about"), default=-1) + 1
+    return max((int(p[1]) for p in journal_lines(path) if p[0] == "about"), default=-1) + 1
 
 
 @dataclass
@@ -313,7 +304,7 @@ def _read_journals(name: str, peer: str, mine: Path, ledger: Ledger, audit: Audi
     recorded: set[str] = set()
     in_run: set[str] = set()
     unrecorded: set[str] = set()  # yielded to a run that died before recording them
-    for parts in [*_lines(mine), ["start"]]:
+    for parts in [*journal_lines(mine), ["start"]]:
         kind = parts[0]
         if kind == "start":
             unrecorded |= in_run - recorded
@@ -363,7 +354,7 @@ def _trigger(rng: random.Random) -> tuple[str, float]:
 
 def _run(path: Path, starts_before: int) -> list[str] | None:
     """The journal lines' kinds of the current run (``None`` before it has started)."""
-    kinds = [p[0] for p in _lines(path)]
+    kinds = [p[0] for p in journal_lines(path)]
     starts = [i for i, kind in enumerate(kinds) if kind == "start"]
     return kinds[starts[starts_before] :] if len(starts) > starts_before else None
 
@@ -378,7 +369,7 @@ def _sdk_rounds(rng: random.Random, homes: dict[str, Path], root: Path, crowd: C
         for name in homes:
             start = _next_index(_journal(root, name))
             plan.last[name] = start
-            starts[name] = sum(1 for p in _lines(_journal(root, name)) if p[0] == "start")
+            starts[name] = sum(1 for p in journal_lines(_journal(root, name)) if p[0] == "start")
             workers[name] = crowd.sdk(homes[name], name, PEER[name], _journal(root, name),
                                         start, 1 if last else SDK_BATCH,
                                         rng.uniform(*SDK_PACE), SALT[name])  # fmt: skip
@@ -406,8 +397,12 @@ def _sdk_rounds(rng: random.Random, homes: dict[str, Path], root: Path, crowd: C
                 elif fire:
                     del pending[name]
                     peer_run = _run(_journal(root, PEER[name]), starts[PEER[name]])
-                    handled = sum(1 for p in _lines(_journal(root, name)) if p[0] in ("msg", "bad"))
-                    peer_sent = sum(1 for p in _lines(_journal(root, PEER[name])) if p[0] == "sent")
+                    handled = sum(
+                        1 for p in journal_lines(_journal(root, name)) if p[0] in ("msg", "bad")
+                    )
+                    peer_sent = sum(
+                        1 for p in journal_lines(_journal(root, PEER[name])) if p[0] == "sent"
+                    )
                     if worker.kill():
                         killed.append(name)
                         plan.kills += 1
