@@ -222,10 +222,14 @@ class Connection:
         # Closing: make the reader return so run() can finish.
         await self.socket.close(*(self._closing or (1000, "bye")))
 
-    async def _greet(self) -> None:
+    async def send_expiry_notices(self) -> None:
+        """Take this cell's stored expiry notices (final) and send them as EXPIRED frames."""
         notices = await store.take_expiry_notices(self.relay.engine, self.cell_id)
         for _sender, message_id, recipient in notices:
             self.send(f.ExpiredFrame(message_id, recipient))
+
+    async def _greet(self) -> None:
+        await self.send_expiry_notices()
         # Peers revoked while this cell was away (M-REL-16): derived from the directory, so
         # nothing needs storing per peer and a cell hears it on every connect until unpaired.
         for peer in self.relay._peers.get(self.cell_id, frozenset()):
@@ -761,10 +765,8 @@ class Relay:
         """Another node purged envelopes of ``sender``, linked here: take its notices from
         the store (the truth) and send them."""
         conn = self.hub.get(sender)
-        if conn is None:
-            return
-        for _sender, message_id, recipient in await store.take_expiry_notices(self.engine, sender):
-            conn.send(f.ExpiredFrame(message_id, recipient))
+        if conn is not None:
+            await conn.send_expiry_notices()
 
     async def _recheck_status(self, cell_id: bytes) -> None:
         """A status hint from another node: apply what the store says, not what the hint
