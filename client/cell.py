@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -68,7 +68,10 @@ from .models import (
     precedence_name,
     utc,
 )
+from .notices import Notice
+from .notices import watch as watch_notices
 from .receive import receive
+from .runner import wait_event
 from .state import Store
 from .tables import InboxRow, PeerRow
 from .transport import Transport
@@ -432,6 +435,32 @@ class Cell(CellCore):
         return [Gap(labels.get(g.peer, g.peer.hex()), g.first_seq, g.last_seq, utc(g.noticed_at),
                     g.reported or g.noticed_at <= cutoff)
                 for g in channels.gap_rows(store, sender)]  # fmt: skip
+
+    def notices(self) -> AsyncIterator[Notice]:
+        """Events for the operator besides messages — a gap becoming missing, a send that
+        failed or expired, a changed key, a revoked peer — from now on, until the cell closes
+        (:mod:`liaison.client.notices`)."""
+        return watch_notices(self)
+
+    @property
+    def is_open(self) -> bool:
+        """The cell is open (entered and not yet closed)."""
+        return self._is_open()
+
+    @property
+    def gap_grace(self) -> float:
+        """Seconds a gap stays open before its numbers count as missing (``gap_grace``)."""
+        return self._gap_grace
+
+    def change_waiter(self) -> asyncio.Event:
+        """An event set at the next change of the cell's state (a message stored, a status
+        moved, a peer changed, the link up or down, the cell closed). Take it *before*
+        reading the state, then :meth:`wait_change` on it: no change is missed."""
+        return self._changed.waiter()
+
+    async def wait_change(self, waiter: asyncio.Event, timeout: float | None = None) -> None:
+        """Wait until ``waiter`` (from :meth:`change_waiter`) is set, or ``timeout`` seconds."""
+        await wait_event(waiter, timeout)
 
     def _missing(self, store: Store) -> dict[bytes, int]:
         return channels.missing_counts(store, time.time() - self._gap_grace)

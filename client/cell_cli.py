@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,8 @@ import click
 from .cell import Cell
 from .errors import ClientError, PassphraseRequired
 from .models import Message, OutboxEntry, Peer
+from .notices import Notice
+from .render import indent_body, safe_label, safe_text
 
 __all__ = ["cell"]
 
@@ -74,15 +76,56 @@ def _message_json(message: Message) -> dict[str, Any]:
     return data
 
 
+def _stamp(when: datetime) -> str:
+    """A full UTC timestamp, as every human line of ``listen`` starts."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _message_line(message: Message) -> str:
-    when = message.received_at.strftime("%H:%M:%S")
-    marking = f" [{message.marking}]" if message.marking else ""
-    head = f"{when} {message.precedence.upper():<9} {message.sender}{marking}:"
+    """One message for the operator's screen. Every peer- or relay-controlled part is made
+    terminal-safe (``render``); body lines after the first are indented, so no line of a body
+    can look like one of these headers (they start with a date)."""
+    marking = f" [{safe_label(message.marking)}]" if message.marking else ""
+    head = (f"{_stamp(message.received_at)} {message.id[:8]} {message.precedence.upper():<9} "
+            f"{safe_text(message.sender)}{marking}:")  # fmt: skip
     if message.error is not None:
-        return f"{head} (could not be opened: {message.error})"
+        return f"{head} (could not be opened: {safe_text(message.error)})"
     if isinstance(message.body, bytes):
         return f"{head} ({message.content_type}, {len(message.body)} bytes)"
-    return f"{head} {message.body}"
+    return f"{head} {indent_body(message.body or '')}"
+
+
+_REASONS = {"revoked": "recipient revoked", "not_paired": "not paired with the recipient"}
+
+
+def _notice_line(notice: Notice) -> str:
+    peer = safe_text(notice.peer)
+    short = (notice.message_id or "")[:8]
+    level = "NOTICE " if notice.kind in ("gap_filled", "peer_revoked") else "WARNING"
+    if notice.kind == "gap":
+        text = (f"messages {notice.first_seq}-{notice.last_seq} from {peer} never arrived "
+                f"although later ones did (dropped or withheld); {peer} is told")  # fmt: skip
+    elif notice.kind == "gap_filled":
+        text = f"messages {notice.first_seq}-{notice.last_seq} from {peer} arrived late"
+    elif notice.kind == "failed":
+        reason = notice.reason or "refused"
+        text = f"your message {short} to {peer} failed: {safe_text(_REASONS.get(reason, reason))}"
+    elif notice.kind == "expired":
+        text = f"your message {short} to {peer} expired before it was delivered"
+    elif notice.kind == "send_missing":
+        text = f"your message {short} to {peer} is reported missing by {peer}"
+    elif notice.kind == "key_changed":
+        text = (f"the identity key of {peer} changed: sending is held; compare: "
+                f"liaison cell safety-number {peer}")  # fmt: skip
+    else:
+        text = f"{peer} was revoked by the relay's administrators"
+    return f"{_stamp(notice.at)} {level}  {text}"
+
+
+def _notice_json(notice: Notice) -> dict[str, Any]:
+    data = {f.name: getattr(notice, f.name) for f in fields(notice)}
+    data["notice"] = data.pop("kind")
+    return data
 
 
 @click.group()
@@ -138,7 +181,8 @@ def enroll(ctx: Context, server: str, code: str, name: str | None, seal: bool) -
     if ctx.json:
         click.echo(_dump(info))
     else:
-        click.echo(f"enrolled {info['name']} ({info['cell_id']}) at {info['server']}")
+        name, server = safe_text(info["name"]), safe_text(info["server"])
+        click.echo(f"enrolled {name} ({info['cell_id']}) at {server}")
 
 
 @cell.command()
@@ -204,15 +248,39 @@ def send(
     "--timeout", type=click.FloatRange(0), default=None, help="stop after this many seconds"
 )
 @click.option("--no-read", is_flag=True, help="do not send read receipts")
+@click.option(
+    "--notices/--no-notices",
+    default=None,
+    help="also print notices: missing messages (gaps), failed or expired sends, key changes "
+    "[default: on, off with --json]",
+)
 @click.pass_obj
-def listen(ctx: Context, count: int | None, timeout: float | None, no_read: bool) -> None:
+def listen(
+    ctx: Context, count: int | None, timeout: float | None, no_read: bool, notices: bool | None
+) -> None:
     """Print incoming messages and send read receipts. A message counts as handed over only
     once it has been printed (and flushed): after a crash or a kill it is printed again by the
-    next ``listen``, never lost (at least once; the message id tells repeats apart)."""
+    next ``listen``, never lost (at least once; the message id tells repeats apart).
+
+    \b
+    A message line: UTC time, short message id, precedence, sender, [marking], body; body
+    lines after the first are indented. Text from peers and the relay is shown with control
+    characters made visible (\\r, \\x1b, <U+202E>). Notice lines (WARNING/NOTICE instead of
+    an id) tell of messages from a peer that never arrived although later ones did, sends
+    that failed or expired, and changed keys. With --json, each message is one JSON object per
+    line, exact; --json --notices adds notice objects (they have a "notice" key)."""
+    show_notices = (not ctx.json) if notices is None else notices
 
     async def go(passphrase: str | None) -> int:
         seen = 0
         async with Cell.open(ctx.home, passphrase) as opened:
+
+            async def announce() -> None:
+                async for notice in opened.notices():
+                    if ctx.json:
+                        click.echo(_dump(_notice_json(notice)))
+                    else:
+                        click.echo(_notice_line(notice))
 
             async def consume() -> None:
                 nonlocal seen
@@ -229,10 +297,16 @@ def listen(ctx: Context, count: int | None, timeout: float | None, no_read: bool
                     if count is not None and seen >= count:
                         return
 
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a racing cancel.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await consume()
+            watcher = asyncio.create_task(announce()) if show_notices else None
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a racing cancel.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await consume()
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
         return seen
 
     ctx.run(go)
@@ -254,10 +328,17 @@ def peers(ctx: Context) -> None:
     if not listed:
         click.echo("no peers: ask an admin to pair this cell")
         return
-    click.echo(f"{'NAME':<24} {'STATUS':<10} {'VERIFIED':<9} CELL ID")
+    click.echo(f"{'NAME':<24} {'STATUS':<10} {'VERIFIED':<11} {'MISSING':>7}  CELL ID")
     for p in listed:
         verified = "KEY CHANGED" if p.key_changed else ("yes" if p.verified else "no")
-        click.echo(f"{p.name:<24} {p.status:<10} {verified:<9} {p.cell_id}")
+        name = safe_text(p.name)
+        click.echo(f"{name:<24} {p.status:<10} {verified:<11} {p.missing:>7}  {p.cell_id}")
+    if any(p.missing for p in listed):
+        click.echo(
+            "MISSING: messages that never arrived although later ones did (dropped or "
+            "withheld by the relay); the peer has been told",
+            err=True,
+        )
 
 
 async def _refreshed(opened: Cell, refresh: Callable[[], Awaitable[list[Peer]]]) -> list[Peer]:
@@ -304,7 +385,7 @@ def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
     if ctx.json:
         click.echo(_dump(asdict(result)))
     else:
-        click.echo(f"{result.name} verified")
+        click.echo(f"{safe_text(result.name)} verified")
 
 
 @cell.command()
@@ -323,6 +404,7 @@ def outbox(ctx: Context, limit: int) -> None:
         click.echo(_dump([asdict(e) for e in entries]))
         return
     for e in entries:
-        error = f" ({e.error})" if e.error else ""
         stamp = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{stamp} {e.message_id} {e.peer:<20} {e.precedence:<9} {e.status}{error}")
+        error = f" ({safe_text(e.error)})" if e.error else ""
+        peer = safe_text(e.peer)
+        click.echo(f"{stamp} {e.message_id} {peer:<20} {e.precedence:<9} {e.status}{error}")

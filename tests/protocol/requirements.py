@@ -413,4 +413,12 @@ REQUIREMENTS: dict[str, str] = {
     # --- §11 relay and client duties ----------------------------------------------------------
     **{f"M-REL-{n}": RELAY for n in range(1, 20)},
     **{f"M-CLI-{n}": CLIENT for n in range(1, 6)},
+    "M-CLI-6": _tests(
+        "tests/client/test_display.py::test_every_control_is_made_visible",
+        "tests/client/test_display.py::test_the_issue_forgery_shows_as_one_routine_line",
+        "tests/client/test_display.py::test_body_lines_cannot_look_like_headers",
+        "tests/client/test_display.py::test_no_input_can_break_out_of_its_message",
+        "tests/client/test_display.py::"
+        "test_listen_shows_a_hostile_peer_harmlessly_and_json_stays_exact",
+    ),
 }
