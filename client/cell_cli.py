@@ -31,14 +31,27 @@ PRECEDENCES = ("flash", "immediate", "priority", "routine")
 
 
 class Context:
-    def __init__(self, home: Path, passphrase: str | None, as_json: bool) -> None:
-        self.home = home
+    def __init__(self, home: Path | None, passphrase: str | None, as_json: bool) -> None:
+        self._home = home
         self.passphrase = passphrase
         self.json = as_json
+
+    @property
+    def home(self) -> Path:
+        """``--home`` (or ``LIAISON_HOME``), checked only when a command needs it, so that
+        ``liaison cell SUB --help`` works without one; missing: usage error, exit 2."""
+        if self._home is None:
+            group: click.Context | None = click.get_current_context()
+            while group is not None and group.command is not cell:
+                group = group.parent
+            param = next(p for p in cell.params if p.name == "home")
+            raise click.MissingParameter(ctx=group, param=param)
+        return self._home
 
     def run(self, make: Callable[[str | None], Coroutine[Any, Any, T]]) -> T:
         """Run ``make(passphrase)``; prompt once if the home is sealed and no passphrase was
         given; turn every SDK error into one line and its exit status."""
+        self.home  # noqa: B018 - a missing --home is a usage error before anything runs
         try:
             try:
                 return asyncio.run(make(self.passphrase))
@@ -89,13 +102,13 @@ def _message_line(message: Message) -> str:
 @click.option(
     "--home",
     envvar="LIAISON_HOME",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="the cell's state directory [env LIAISON_HOME]",
+    help="the cell's state directory (required) [env LIAISON_HOME]",
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
-def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
+def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     """Operate a liaison cell: enroll, send, listen, verify peers.
 
     \b
@@ -112,13 +125,27 @@ def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
 
 
 @cell.command()
-@click.option("--server", envvar="LIAISON_SERVER", required=True, help="the relay's URL")
+@click.option(
+    "--server", envvar="LIAISON_SERVER", show_envvar=True, required=True, help="the relay's URL"
+)
 @click.option("--code", required=True, help="the one-time enrollment code (ln1-...)")
-@click.option("--name", default=None, help="the name the admin gave this cell (checked)")
-@click.option("--seal", is_flag=True, help="prompt for a passphrase to seal private keys")
+@click.option(
+    "--name",
+    default=None,
+    help="the name the admin gave this cell: a wrong name is refused before the code is used",
+)
+@click.option(
+    "--seal",
+    is_flag=True,
+    help="prompt for a passphrase to seal private keys (or take LIAISON_PASSPHRASE)",
+)
 @click.pass_obj
 def enroll(ctx: Context, server: str, code: str, name: str | None, seal: bool) -> None:
-    """Enroll this home as a cell with a one-time code from the admin."""
+    """Enroll this home as a cell with a one-time code from the admin.
+
+    The relay's URL comes from --server or the LIAISON_SERVER environment variable. A refused
+    code leaves nothing behind in the home."""
+    ctx.home  # noqa: B018 - a missing --home is a usage error before the prompt
     if seal and ctx.passphrase is None:
         ctx.passphrase = click.prompt("new passphrase", hide_input=True, confirmation_prompt=True)
 
