@@ -63,6 +63,9 @@ class Context:
         except ClientError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ValueError as exc:  # the SDK's word for a bad argument (e.g. a long marking)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -117,7 +120,8 @@ def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 1 other.
+    27 state in use by another process, 38 relocate: the relay at the new URL has another
+    key, 1 other.
     """
     import os
 
