@@ -121,7 +121,7 @@ def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
     27 state in use by another process, 38 relocate: the relay at the new URL has another
-    key, 1 other.
+    key, 130 interrupted (Ctrl-C), 1 other.
     """
     import os
 
