@@ -27,7 +27,7 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 
 typecheck: install-dev
-	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
+	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.console -p liaison.migrations
 	$(BIN)/mypy tests bench scripts
 
 pytest: install-dev
@@ -36,7 +36,7 @@ pytest: install-dev
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.migrations
+	$(BIN)/mypy -p liaison.protocol -p liaison.server -p liaison.client -p liaison.console -p liaison.migrations
 	$(BIN)/mypy tests bench scripts
 	$(BIN)/pytest
 

@@ -33,14 +33,27 @@ PRECEDENCES = ("flash", "immediate", "priority", "routine")
 
 
 class Context:
-    def __init__(self, home: Path, passphrase: str | None, as_json: bool) -> None:
-        self.home = home
+    def __init__(self, home: Path | None, passphrase: str | None, as_json: bool) -> None:
+        self._home = home
         self.passphrase = passphrase
         self.json = as_json
+
+    @property
+    def home(self) -> Path:
+        """``--home`` (or ``LIAISON_HOME``), checked only when a command needs it, so that
+        ``liaison cell SUB --help`` works without one; missing: usage error, exit 2."""
+        if self._home is None:
+            group: click.Context | None = click.get_current_context()
+            while group is not None and group.command is not cell:
+                group = group.parent
+            param = next(p for p in cell.params if p.name == "home")
+            raise click.MissingParameter(ctx=group, param=param)
+        return self._home
 
     def run(self, make: Callable[[str | None], Coroutine[Any, Any, T]]) -> T:
         """Run ``make(passphrase)``; prompt once if the home is sealed and no passphrase was
         given; turn every SDK error into one line and its exit status."""
+        self.home  # noqa: B018 - a missing --home is a usage error before anything runs
         try:
             try:
                 return asyncio.run(make(self.passphrase))
@@ -52,6 +65,9 @@ class Context:
         except ClientError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ValueError as exc:  # the SDK's word for a bad argument (e.g. a long marking)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -132,13 +148,13 @@ def _notice_json(notice: Notice) -> dict[str, Any]:
 @click.option(
     "--home",
     envvar="LIAISON_HOME",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
-    help="the cell's state directory [env LIAISON_HOME]",
+    help="the cell's state directory (required) [env LIAISON_HOME]",
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_context
-def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
+def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     """Operate a liaison cell: enroll, send, listen, verify peers.
 
     \b
@@ -147,7 +163,8 @@ def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 1 other.
+    27 state in use by another process, 38 relocate: the relay at the new URL has another
+    key, 130 interrupted (Ctrl-C), 1 other.
     """
     import os
 
@@ -155,13 +172,27 @@ def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
 
 
 @cell.command()
-@click.option("--server", envvar="LIAISON_SERVER", required=True, help="the relay's URL")
+@click.option(
+    "--server", envvar="LIAISON_SERVER", show_envvar=True, required=True, help="the relay's URL"
+)
 @click.option("--code", required=True, help="the one-time enrollment code (ln1-...)")
-@click.option("--name", default=None, help="the name the admin gave this cell (checked)")
-@click.option("--seal", is_flag=True, help="prompt for a passphrase to seal private keys")
+@click.option(
+    "--name",
+    default=None,
+    help="the name the admin gave this cell: a wrong name is refused before the code is used",
+)
+@click.option(
+    "--seal",
+    is_flag=True,
+    help="prompt for a passphrase to seal private keys (or take LIAISON_PASSPHRASE)",
+)
 @click.pass_obj
 def enroll(ctx: Context, server: str, code: str, name: str | None, seal: bool) -> None:
-    """Enroll this home as a cell with a one-time code from the admin."""
+    """Enroll this home as a cell with a one-time code from the admin.
+
+    The relay's URL comes from --server or the LIAISON_SERVER environment variable. A refused
+    code leaves nothing behind in the home."""
+    ctx.home  # noqa: B018 - a missing --home is a usage error before the prompt
     if seal and ctx.passphrase is None:
         ctx.passphrase = click.prompt("new passphrase", hide_input=True, confirmation_prompt=True)
 

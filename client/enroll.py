@@ -11,9 +11,13 @@ Theory of operation
    next attempt re-sends the same keys instead of orphaning an enrolled cell.
 3. ``POST /v1/enroll`` carries Noise IK message 1 (the secret, encrypted to the pinned key,
    M-ENR-4); the answer is message 2, authenticated, with the cell id (M-ENR-8) or a refusal.
-4. Success: store the cell id and name. Refusal: ``BadCode(reason)`` and the new state file
-   is removed (it held nothing of value). An attempt that resumes earlier keys and hears
-   ``code_used`` checks, over a link handshake, whether those keys were in fact enrolled.
+   With ``name`` the request is version 2 and carries it: the relay refuses another cell's
+   code with ``name_mismatch`` *without* using it up (M-ENR-10).
+4. Success: store the cell id and name. Refusal: ``BadCode(reason)`` saying what to do next,
+   and the new state file is removed (it held nothing of value), with the directories this
+   attempt created if they are empty again (never a directory that existed before, nor any
+   other file). An attempt that resumes earlier keys and hears ``code_used`` checks, over a
+   link handshake, whether those keys were in fact enrolled.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from liaison.protocol.enrollment import (
+    EnrollError,
     EnrollmentCode,
     EnrollmentInitiator,
     EnrollResponse,
@@ -45,7 +50,7 @@ from .link import LinkFailed, open_link
 from .state import Keys, Store
 from .transport import Transport, WebSocketTransport
 
-__all__ = ["ENROLL_ONE_TIME_PREKEYS", "enroll"]
+__all__ = ["ENROLL_ONE_TIME_PREKEYS", "ask_admin", "enroll", "parse_code", "refusal"]
 
 ENROLL_ONE_TIME_PREKEYS = 100
 
@@ -64,26 +69,80 @@ async def enroll(
 ) -> tuple[bytes, str, bytes]:
     """Enroll the cell of ``home``; returns ``(cell_id, name, identity public key)``. See the
     module docstring."""
-    try:
-        parsed = EnrollmentCode.parse(code)
-    except MalformedData as exc:
-        raise BadCode("malformed", f"the enrollment code is malformed: {exc}") from None
+    parsed = parse_code(code, name)
     server = server.rstrip("/")
     client = http or httpx.AsyncClient(timeout=timeout)
+    home = Path(home)
+    created = _missing_dirs(home)
     try:
         relay_key = await _relay_key(client, server)
         if not parsed.matches(relay_key):
-            raise BadCode("wrong_relay", "the enrollment code is not for this relay (its key "
-                          "does not match the code's fingerprint)")  # fmt: skip
-        store, resumed = await _prepare(Path(home), passphrase, relay_key)
+            raise BadCode("wrong_relay", f"the enrollment code is not for the relay at {server} "
+                          "(its key does not match the code's fingerprint): check --server "
+                          "(LIAISON_SERVER)")  # fmt: skip
+        store, resumed = await _prepare(home, passphrase, relay_key)
         try:
             return await _enroll(store, resumed, client, server, parsed, relay_key, name,
                                  transport, one_time_prekeys, timeout)  # fmt: skip
         finally:
             store.close()
+    except BaseException:
+        if not Store.exists(home):  # the attempt kept nothing: neither do its directories
+            _remove_empty(created)
+        raise
     finally:
         if http is None:
             await client.aclose()
+
+
+def parse_code(code: str, name: str | None = None) -> EnrollmentCode:
+    """The code, or ``BadCode("malformed")`` saying what to do next."""
+    try:
+        return EnrollmentCode.parse(code)
+    except MalformedData as exc:
+        raise BadCode("malformed", f"the enrollment code is malformed: {exc}; check it, or "
+                      f"{ask_admin(name)}") from None  # fmt: skip
+
+
+def ask_admin(name: str | None) -> str:
+    return f"ask the admin for a new code: liaison admin cell code {name or 'NAME'}"
+
+
+_REFUSALS = {
+    EnrollError.BAD_CODE: "the relay does not know this enrollment code (mistyped, or replaced "
+    "by a newer code)",
+    EnrollError.CODE_USED: "this enrollment code was already used",
+    EnrollError.CODE_EXPIRED: "this enrollment code has expired",
+    EnrollError.CELL_NOT_PENDING: "the cell of this code can no longer enroll (suspended or "
+    "revoked)",
+}
+
+
+def refusal(reason: str, name: str | None) -> BadCode:
+    """The relay's refusal ``reason`` as a ``BadCode`` whose text says what to do next."""
+    if reason == EnrollError.NAME_MISMATCH:
+        return BadCode(reason, f"this enrollment code is not for a cell named {name!r} (the code "
+                       "was not used): check --name, or leave it out")  # fmt: skip
+    what = _REFUSALS.get(reason, f"the enrollment code was refused ({reason})")
+    return BadCode(reason, f"{what}: {ask_admin(name)}")
+
+
+def _missing_dirs(home: Path) -> list[Path]:
+    """``home`` and its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    for directory in (home, *home.parents):
+        if directory.exists() or directory.is_symlink():
+            break
+        missing.append(directory)
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:  # deepest first; rmdir removes only an empty directory
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 async def _relay_key(client: httpx.AsyncClient, server: str) -> bytes:
@@ -141,7 +200,7 @@ async def _enroll(
         code.secret, keys.identity, bytes(keys.link.public),
         SignedPrekey.create(keys.identity, keys.spk_id, keys.spk),
         SignedKemPrekey.create(keys.identity, keys.kem_id, keys.kem),
-        tuple(OneTimePrekey(i, pair.public) for i, pair in prekeys),
+        tuple(OneTimePrekey(i, pair.public) for i, pair in prekeys), name,
     )  # fmt: skip
     initiator = EnrollmentInitiator(keys.link.private_bytes(), relay_key)
     try:
@@ -165,7 +224,7 @@ async def _enroll(
             recovered = await _recover(store, server, relay_key, transport, timeout, name)
         if recovered is None:
             _discard(store, resumed)
-            raise BadCode(answer.error)
+            raise refusal(answer.error, name)
         answer = recovered
     assert answer.cell_id is not None
     with store.transaction():

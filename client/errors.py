@@ -28,6 +28,7 @@ MessageTooLarge             ``message_too_large``         24   the body fits no 
 UnknownMessage              ``unknown_message``           25   no sent message with that id
 ProtocolFailure             ``protocol_error``            26   the relay broke the protocol
 StateLocked                 ``state_locked``              27   another process holds the file
+RelayMismatch               ``relay_mismatch``            38   relocate: another relay's key
 ==========================  ===========================  ====  =================================
 """
 
@@ -51,6 +52,7 @@ __all__ = [
     "PeerRevoked",
     "PeerUnavailable",
     "ProtocolFailure",
+    "RelayMismatch",
     "RelayUnreachable",
     "StateLocked",
     "UnknownMessage",
@@ -201,3 +203,12 @@ class StateLocked(ClientError):
     code = "state_locked"
     exit_code = 27
     default_message = "the cell's state file is locked by another process"
+
+
+class RelayMismatch(ClientError):
+    """``relocate``: the relay at the new address has another static key than the pinned one,
+    and no enrollment code from it vouches for that key."""
+
+    code = "relay_mismatch"
+    exit_code = 38
+    default_message = "the relay at that address has another key than the pinned one"

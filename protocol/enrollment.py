@@ -20,7 +20,12 @@ enrollment.
 
 Code text: ``"ln1-"`` followed by the lowercase RFC 4648 base32 of ``fingerprint || secret``
 (36 bytes, 58 characters) in groups of 6 joined by ``-``. Parsing ignores case, spaces and
-dashes.
+dashes; the last character carries 2 unused bits, which must be zero (so no two texts of the
+same length parse to the same code).
+
+Request versions: a version-1 ``EnrollRequest`` carries no name; version 2 appends the name
+the cell expects to be enrolled as, so the relay refuses a wrong name (``name_mismatch``)
+*before* it uses the code up.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ SECRET_LEN = 20
 MAX_ENROLL_PREKEYS = 200
 LINK_KEY_CONTEXT = b"Liaison v1 link key"
 REQUEST_VERSION = 1
+REQUEST_VERSION_NAMED = 2  # version 1 followed by the expected cell name
+MAX_EXPECTED_NAME = 255  # bytes of UTF-8 (a u8 length)
+_CODE_CHARS = 58  # base32 characters of the 36 code bytes: 290 bits, the last 2 unused
 
 
 class EnrollError:
@@ -74,6 +82,7 @@ class EnrollError:
     CODE_USED = "code_used"
     CODE_EXPIRED = "code_expired"
     CELL_NOT_PENDING = "cell_not_pending"  # suspended or revoked before enrolling
+    NAME_MISMATCH = "name_mismatch"  # a version-2 request named another cell; code not used
     BAD_SIGNATURE = "bad_signature"
     LINK_KEY_IN_USE = "link_key_in_use"
     MALFORMED = "malformed_request"
@@ -119,7 +128,11 @@ class EnrollmentCode:
         compact = "".join(text.split()).lower().replace("-", "")
         if not compact.startswith("ln1"):
             raise MalformedData("an enrollment code starts with 'ln1-'")
-        body = compact[3:].upper()
+        body = compact[3:].upper().rstrip("=")
+        if len(body) == _CODE_CHARS and body[-1] in _B32 and _B32.index(body[-1]) & 0b11:
+            # 58 characters carry 290 bits for 288: the last character's low 2 bits are
+            # unused, must be zero, and would otherwise let 4 texts mean one code.
+            raise MalformedData("the enrollment code's last character is wrong (mistyped?)")
         try:
             raw = base64.b32decode(body + "=" * (-len(body) % 8))
         except ValueError:
@@ -132,6 +145,7 @@ class EnrollmentCode:
         return p.ct_equal(self.relay_fingerprint, relay_key_fingerprint(relay_static_public))
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _HEAD = struct.Struct(">B20s32s64sI32s64sI")
 _U16 = struct.Struct(">H")
 _OTK = struct.Struct(">I32s")
@@ -147,15 +161,24 @@ class EnrollRequest:
     signed_prekey: SignedPrekey
     kem_prekey: SignedKemPrekey
     one_time_prekeys: tuple[OneTimePrekey, ...]
+    # The name the cell expects to be enrolled as (version 2), or None (version 1).
+    expected_name: str | None = None
 
     def encode(self) -> bytes:
         spk, kem = self.signed_prekey, self.kem_prekey
-        head = _HEAD.pack(REQUEST_VERSION, self.secret, bytes(self.identity),
+        version = REQUEST_VERSION if self.expected_name is None else REQUEST_VERSION_NAMED
+        head = _HEAD.pack(version, self.secret, bytes(self.identity),
                           self.link_signature, spk.prekey_id, bytes(spk.public), spk.signature,
                           kem.prekey_id)  # fmt: skip
         otks = b"".join(_OTK.pack(k.prekey_id, bytes(k.public)) for k in self.one_time_prekeys)
+        named = b""
+        if self.expected_name is not None:
+            name = self.expected_name.encode()
+            if not 1 <= len(name) <= MAX_EXPECTED_NAME:
+                raise MalformedData("the expected cell name must be 1..255 bytes of UTF-8")
+            named = bytes([len(name)]) + name
         return (head + bytes(kem.public) + kem.signature + _U16.pack(len(self.one_time_prekeys))
-                + otks)  # fmt: skip
+                + otks + named)  # fmt: skip
 
     @classmethod
     def decode(cls, data: bytes) -> EnrollRequest:
@@ -163,7 +186,7 @@ class EnrollRequest:
         if len(data) < fixed:
             raise MalformedData("enrollment request is truncated")
         version, secret, ik, link_sig, spk_id, spk_pub, spk_sig, kem_id = _HEAD.unpack_from(data)
-        if version != REQUEST_VERSION:
+        if version not in (REQUEST_VERSION, REQUEST_VERSION_NAMED):
             raise MalformedData(f"enrollment request version {version} is not supported")
         offset = _HEAD.size
         kem_pub = data[offset : offset + p.MLKEM768_PUBLIC_LEN]
@@ -174,7 +197,16 @@ class EnrollRequest:
         offset += _U16.size
         if count > MAX_ENROLL_PREKEYS:
             raise MalformedData(f"at most {MAX_ENROLL_PREKEYS} one-time prekeys per enrollment")
-        if len(data) != offset + count * _OTK.size:
+        end = offset + count * _OTK.size
+        expected_name: str | None = None
+        if version == REQUEST_VERSION_NAMED:
+            if len(data) < end + 2 or len(data) != end + 1 + data[end]:
+                raise MalformedData("enrollment request length does not match its name length")
+            try:
+                expected_name = data[end + 1 :].decode()
+            except UnicodeDecodeError:
+                raise MalformedData("the expected cell name is not UTF-8") from None
+        elif len(data) != end:
             raise MalformedData("enrollment request length does not match its prekey count")
         try:
             otks = tuple(
@@ -185,7 +217,8 @@ class EnrollRequest:
                 raise MalformedData("duplicate one-time prekey ids")
             return cls(secret, IdentityKey(ik), link_sig,
                        SignedPrekey(spk_id, X25519PublicKey(spk_pub), spk_sig),
-                       SignedKemPrekey(kem_id, KemPublicKey(kem_pub), kem_sig), otks)  # fmt: skip
+                       SignedKemPrekey(kem_id, KemPublicKey(kem_pub), kem_sig), otks,
+                       expected_name)  # fmt: skip
         except ValueError as exc:
             if isinstance(exc, MalformedData):
                 raise
@@ -274,8 +307,10 @@ def build_request(
     signed_prekey: SignedPrekey,
     kem_prekey: SignedKemPrekey,
     one_time_prekeys: tuple[OneTimePrekey, ...],
+    expected_name: str | None = None,
 ) -> EnrollRequest:
-    """Sign the link key with the identity and assemble a request."""
+    """Sign the link key with the identity and assemble a request (version 2 when
+    ``expected_name`` is given: the relay then refuses another cell's code unused)."""
     signature = identity.sign(link_key_signed_data(link_public))
     return EnrollRequest(secret, identity.public, signature, signed_prekey, kem_prekey,
-                         one_time_prekeys)  # fmt: skip
+                         one_time_prekeys, expected_name)  # fmt: skip

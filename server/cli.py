@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from .settings import Settings
 
@@ -23,7 +24,35 @@ def _settings(database: str | None, key_file: Path | None, bus: str | None = Non
         overrides["database_url"] = database
     if key_file:
         overrides["key_file"] = key_file
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a bad LIAISON_* variable (or flag): one line, exit 2
+        first = exc.errors()[0]
+        name = "LIAISON_" + "_".join(str(part) for part in first["loc"]).upper()
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        # The message only, never the value: a database URL may hold a password.
+        click.echo(f"liaison: invalid setting {name}: {first['msg']}{more}", err=True)
+        sys.exit(2)
+    _check_database_url(settings.database_url)
+    return settings
+
+
+def _check_database_url(url: str) -> None:
+    """A URL SQLAlchemy cannot parse, or of a driver that is not installed: one line, exit 2
+    (never echoing the URL, which may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        reason = "unknown database driver" if isinstance(exc, NoSuchModuleError) else "malformed"
+        click.echo(
+            f"liaison: invalid database URL (--database / LIAISON_DATABASE_URL): {reason}, "
+            "e.g. sqlite+aiosqlite:///./liaison.db",
+            err=True,
+        )
+        sys.exit(2)
 
 
 database_option = click.option(

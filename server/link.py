@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, WebSocket
@@ -35,14 +36,14 @@ from liaison.protocol.errors import BadSignature, LiaisonError
 from liaison.protocol.keys import X25519KeyPair
 from liaison.protocol.link import LinkResponder
 
-from . import directory
+from . import audit, directory
 from .dialect import write_transaction
 from .problems import Problem, ProblemCode, problem_responses, read_bounded_body
 from .relay import Connection, Relay, SocketLike
 from .relay_key import fingerprint_text
 from .schema import audit_log, cells, enrollment_codes, one_time_prekeys, signed_prekeys
 
-__all__ = ["StarletteSocket", "build_link_router"]
+__all__ = ["FailedEnrollments", "StarletteSocket", "build_link_router"]
 
 log = logging.getLogger("liaison.link")
 MAX_ENROLL_BODY = 96 + 16 + 4096 + 200 * 36
@@ -78,6 +79,7 @@ class StarletteSocket(SocketLike):
 def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
     router = APIRouter()
     settings = relay.settings
+    failures = FailedEnrollments()
 
     @router.get("/v1/relay", tags=["link"], summary="The relay's static link key")
     async def relay_info() -> dict[str, Any]:
@@ -131,7 +133,7 @@ def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
                 "malformed: check the enrollment code",
                 title="Enrollment handshake failed",
             ) from exc
-        answer = await _enroll(relay, link_key, enroll_request)
+        answer = await _enroll(relay, link_key, enroll_request, failures)
         return Response(responder.answer(answer), media_type="application/octet-stream")
 
     @router.websocket("/v1/link")
@@ -227,22 +229,79 @@ def _refusal(cell: directory.CellRecord | None) -> f.ErrorCode | None:
     }.get(cell.status)
 
 
-async def _enroll(relay: Relay, link_key: bytes, request: EnrollRequest) -> EnrollResponse:
+class FailedEnrollments:
+    """How many refused enrollments the audit log records (SPEC.md M-ENR-11): at most
+    ``per_window`` rows per ``window_seconds`` per relay process. Attempts beyond that are only
+    counted, and the next row written says how many were left out (``"not_recorded"``), so a
+    flood of bad codes costs the database at most ``per_window`` small rows a window."""
+
+    def __init__(
+        self, per_window: int = 10, window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.per_window = per_window
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._window_start = -window_seconds
+        self._written = 0
+        self.not_recorded = 0
+
+    def admit(self) -> int | None:
+        """None if this failure is only counted; else the attempts left out before it."""
+        now = self._clock()
+        if now - self._window_start >= self.window_seconds:
+            self._window_start, self._written = now, 0
+        if self._written >= self.per_window:
+            self.not_recorded += 1
+            return None
+        self._written += 1
+        left_out, self.not_recorded = self.not_recorded, 0
+        return left_out
+
+
+async def _enroll(
+    relay: Relay, link_key: bytes, request: EnrollRequest, failures: FailedEnrollments
+) -> EnrollResponse:
+    target = ""
     try:
         request.verify(link_key)
     except BadSignature:
-        return EnrollResponse(error=EnrollError.BAD_SIGNATURE)
-    now_ms = int(time.time() * 1000)
-    try:
-        async with write_transaction(relay.engine) as conn:
-            return await _redeem(conn, link_key, request, now_ms)
-    except IntegrityError:
-        return EnrollResponse(error=EnrollError.LINK_KEY_IN_USE)
+        answer = EnrollResponse(error=EnrollError.BAD_SIGNATURE)
+    else:
+        now_ms = int(time.time() * 1000)
+        try:
+            async with write_transaction(relay.engine) as conn:
+                answer, target = await _redeem(conn, link_key, request, now_ms)
+        except IntegrityError:
+            answer = EnrollResponse(error=EnrollError.LINK_KEY_IN_USE)
+    if answer.error is not None:
+        await _audit_failure(relay, failures, answer.error, target)
+    return answer
+
+
+async def _audit_failure(
+    relay: Relay, failures: FailedEnrollments, reason: str, target: str
+) -> None:
+    """One ``cell.enroll_failed`` row: the reason and, when the code was valid, the cell's
+    name; never the code, its hash or a key. Bounded by ``failures``."""
+    left_out = failures.admit()
+    if left_out is None:
+        return
+    detail: dict[str, object] = {"reason": reason}
+    if left_out:
+        detail["not_recorded"] = left_out
+    async with write_transaction(relay.engine) as conn:
+        await audit.record(
+            conn, at_ms=int(time.time() * 1000), actor="enrollment",
+            action="cell.enroll_failed", target=target, detail=detail,
+        )  # fmt: skip
+    log.info("enrollment refused: %s%s", reason, f" ({target})" if target else "")
 
 
 async def _redeem(
     conn: AsyncConnection, link_key: bytes, request: EnrollRequest, now_ms: int
-) -> EnrollResponse:
+) -> tuple[EnrollResponse, str]:
+    """The answer, and the name of the code's cell once the code is known to be valid."""
     code = (
         await conn.execute(
             select(enrollment_codes).where(
@@ -251,14 +310,17 @@ async def _redeem(
         )
     ).first()
     if code is None:
-        return EnrollResponse(error=EnrollError.BAD_CODE)
+        return EnrollResponse(error=EnrollError.BAD_CODE), ""
     if code.used_at_ms is not None:
-        return EnrollResponse(error=EnrollError.CODE_USED)
+        return EnrollResponse(error=EnrollError.CODE_USED), ""
     if code.expires_at_ms <= now_ms:
-        return EnrollResponse(error=EnrollError.CODE_EXPIRED)
+        return EnrollResponse(error=EnrollError.CODE_EXPIRED), ""
     cell = await directory.cell_by_id(conn, bytes(code.cell_id))
     if cell is None or cell.status != directory.CellStatus.PENDING:
-        return EnrollResponse(error=EnrollError.CELL_NOT_PENDING)
+        return EnrollResponse(error=EnrollError.CELL_NOT_PENDING), ""
+    # Checked before the code is burned (M-ENR-10): a wrong --name leaves the code usable.
+    if request.expected_name is not None and request.expected_name != cell.name:
+        return EnrollResponse(error=EnrollError.NAME_MISMATCH), cell.name
     # Burn the code first, guarded so two concurrent redemptions cannot both succeed.
     burned = await conn.execute(
         update(enrollment_codes)
@@ -266,7 +328,7 @@ async def _redeem(
         .values(used_at_ms=now_ms)
     )
     if burned.rowcount != 1:
-        return EnrollResponse(error=EnrollError.CODE_USED)
+        return EnrollResponse(error=EnrollError.CODE_USED), cell.name
     await conn.execute(
         update(cells)
         .where(cells.c.id == cell.id)
@@ -309,4 +371,4 @@ async def _redeem(
         )
     )
     log.info("cell enrolled: %s", cell.name)
-    return EnrollResponse(cell_id=cell.id, name=cell.name)
+    return EnrollResponse(cell_id=cell.id, name=cell.name), cell.name

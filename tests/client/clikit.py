@@ -76,10 +76,14 @@ def _base_env() -> dict[str, str]:
 
 
 @contextmanager
-def relay_process(directory: Path, **settings: str) -> Iterator[RelayProcess]:
+def relay_process(
+    directory: Path, *, admin_token: str = "", **settings: str
+) -> Iterator[RelayProcess]:
     """``liaison server run`` on 127.0.0.1:<free port>, state in ``directory``.
 
-    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay."""
+    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay. To start a
+    relay again on the same ``directory`` (which prints no new admin token), pass the
+    ``admin_token`` the first start printed."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = directory / "relay.log"
@@ -93,15 +97,14 @@ def relay_process(directory: Path, **settings: str) -> Iterator[RelayProcess]:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        token = _wait_ready(proc, log, url)
+        token = _wait_ready(proc, log, url, admin_token)
         yield RelayProcess(url, token, log, proc)
     finally:
         stop_process(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log: Path, url: str) -> str:
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, url: str, token: str = "") -> str:
     deadline = time.monotonic() + 30
-    token = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the relay exited with {proc.returncode}:\n{log.read_text()}")

@@ -561,7 +561,10 @@ async def test_enrollment_refusals(world: World, tmp_path: Path) -> None:
         await Cell.enroll(tmp_path / "madrid", server=BASE_URL, code=madrid_code, name="rome",
                           http=relay.http)  # fmt: skip
     assert mismatch.value.reason == "name_mismatch"
-    async with world.open(tmp_path / "madrid") as madrid:  # the enrollment stands
+    assert not (tmp_path / "madrid").exists()  # refused before the code was used: no state
+    await Cell.enroll(tmp_path / "madrid", server=BASE_URL, code=madrid_code, name="madrid",
+                      http=relay.http)  # fmt: skip
+    async with world.open(tmp_path / "madrid") as madrid:  # the same code still enrolls
         assert madrid.name == "madrid"
 
 

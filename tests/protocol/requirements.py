@@ -165,6 +165,19 @@ REQUIREMENTS: dict[str, str] = {
         "tests/protocol/test_requirements.py::test_enr8_cell_id_only_from_an_authenticated_message_2",
         "tests/protocol/test_enrollment.py::test_handshake_round_trip_and_relay_authentication",
     ),
+    "M-ENR-9": _tests(
+        "tests/protocol/test_enrollment.py::test_every_single_character_flip_is_refused_or_another_code",
+    ),
+    # Protocol part: the version-2 request carries the name. Refusing before the code is
+    # burned, and the bounded audit of refusals, are the relay's: tests/server/.
+    "M-ENR-10": _tests(
+        "tests/protocol/test_enrollment.py::test_named_request_round_trip_and_strict_decoding",
+        "tests/server/test_enroll_refusals.py::test_wrong_name_is_refused_without_using_the_code",
+    ),
+    "M-ENR-11": _tests(
+        "tests/server/test_enroll_refusals.py::test_refused_enrollments_are_audited_without_code_material",
+        "tests/server/test_enroll_refusals.py::test_failed_enrollment_audit_is_bounded",
+    ),
     "M-SN-1": _tests(
         "tests/protocol/test_fingerprint.py::test_displayable_alice_view",
         "tests/protocol/test_fingerprint.py::test_displayable_bob_view",

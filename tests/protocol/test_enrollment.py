@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -70,6 +71,49 @@ def test_code_parse_errors(text: str, reason: str) -> None:
         EnrollmentCode.parse(text)
 
 
+B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_single_character_flip_is_refused_or_another_code(seed: int) -> None:
+    """M-ENR-9: no mistyped character parses to the same code; in particular the last one,
+    whose 2 unused bits must be zero."""
+    code = EnrollmentCode(bytes([seed]) * 16, bytes([255 - seed]) * 20)
+    text = code.text()
+    assert text[-1] in "aeimquy4"
+    for i, char in enumerate(text):
+        if char not in B32 or i < 4:  # the prefix and the dashes
+            continue
+        for other in B32.replace(char, ""):
+            flipped = text[:i] + other + text[i + 1 :]
+            with contextlib.suppress(MalformedData):
+                assert EnrollmentCode.parse(flipped) != code, flipped
+    for other in B32:  # the last character: exactly those with zero low bits are accepted
+        if B32.index(other) % 4 == 0:
+            EnrollmentCode.parse(text[:-1] + other)
+        else:
+            with pytest.raises(MalformedData, match="last character"):
+                EnrollmentCode.parse(text[:-1] + other)
+
+
+def test_named_request_round_trip_and_strict_decoding() -> None:
+    """Version 2 carries the name the cell expects; version 1 still decodes with none."""
+    plain = make_request(otks=2)
+    assert plain.encode()[0] == 1
+    assert plain.expected_name is None
+    named = dataclasses.replace(plain, expected_name="fr-paris")
+    data = named.encode()
+    assert data[0] == 2
+    assert data.endswith(b"\x08fr-paris")
+    assert EnrollRequest.decode(data) == named
+    assert EnrollRequest.decode(plain.encode()) == plain
+    for bad in (data + b"\x00", data[:-1], data[:-9] + b"\x00", data[:-8] + b"\xff" * 8):
+        with pytest.raises(MalformedData):
+            EnrollRequest.decode(bad)
+    with pytest.raises(MalformedData):
+        dataclasses.replace(plain, expected_name="").encode()
+
+
 def test_fingerprint_and_secret_hash_are_domain_separated() -> None:
     key = bytes(RELAY.public)
     assert len(relay_key_fingerprint(key)) == 16
@@ -97,6 +141,8 @@ def test_request_rejects_bad_counts_and_trailing_bytes() -> None:
     with pytest.raises(MalformedData):
         EnrollRequest.decode(data[:-1])
     with pytest.raises(MalformedData, match="version"):
+        EnrollRequest.decode(b"\x03" + data[1:])
+    with pytest.raises(MalformedData, match="name length"):  # a version 1 body labelled 2
         EnrollRequest.decode(b"\x02" + data[1:])
 
 

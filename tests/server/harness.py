@@ -206,6 +206,16 @@ class RawCell:
     sessions: dict[bytes, Session] = field(default_factory=dict)
 
     async def enroll(self, relay: Endpoint, code_text: str, otk_count: int = 5) -> None:
+        answer = await self.try_enroll(relay, code_text, otk_count)
+        assert answer.error is None, answer.error
+        assert answer.cell_id is not None
+        self.cell_id = answer.cell_id
+
+    async def try_enroll(
+        self, relay: Endpoint, code_text: str, otk_count: int = 5,
+        expected_name: str | None = None,
+    ) -> EnrollResponse:  # fmt: skip
+        """The relay's authenticated answer to one enrollment request, refusals included."""
         code = EnrollmentCode.parse(code_text)
         async with httpx.AsyncClient(base_url=relay.url, timeout=10) as http:
             info = (await http.get("/v1/relay")).json()
@@ -216,15 +226,13 @@ class RawCell:
                 code.secret, self.identity, bytes(self.link_key.public),
                 SignedPrekey.create(self.identity, 1, self.spk),
                 SignedKemPrekey.create(self.identity, 2, self.kem),
-                tuple(OneTimePrekey(i, k.public) for i, k in self.otks.items()),
+                tuple(OneTimePrekey(i, k.public) for i, k in self.otks.items()), expected_name,
             )  # fmt: skip
             initiator = EnrollmentInitiator(self.link_key.private_bytes(), relay_public)
             response = await http.post("/v1/enroll", content=initiator.request(request))
             response.raise_for_status()
             answer: EnrollResponse = initiator.response(response.content)
-        assert answer.error is None, answer.error
-        assert answer.cell_id is not None
-        self.cell_id = answer.cell_id
+        return answer
 
     async def connect(self, relay: Endpoint) -> Link:
         ws = await websockets.connect(relay.ws_url, compression=None, max_size=2**17)

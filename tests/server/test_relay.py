@@ -372,7 +372,7 @@ async def test_enrollment_code_is_single_use(relay: RunningRelay) -> None:
 async def test_enrollment_with_unknown_code_refused(relay: RunningRelay) -> None:
     admin = Admin(relay.url, relay.admin_token)
     _cid, code = await admin.add_cell("oslo")
-    forged = code[:-4] + ("aaaa" if not code.endswith("aaaa") else "bbbb")
+    forged = code[:-4] + ("aaaa" if not code.endswith("aaaa") else "bbba")
     with pytest.raises(AssertionError, match="bad_code"):
         await RawCell("oslo").enroll(relay, forged)
     await admin.aclose()
