@@ -23,6 +23,7 @@ import click
 from .cell import Cell
 from .errors import ClientError, PassphraseRequired
 from .models import Message, OutboxEntry, Peer
+from .resets import describe as describe_notice
 
 __all__ = ["cell"]
 
@@ -79,7 +80,9 @@ def _message_line(message: Message) -> str:
     marking = f" [{message.marking}]" if message.marking else ""
     head = f"{when} {message.precedence.upper():<9} {message.sender}{marking}:"
     if message.error is not None:
-        return f"{head} (could not be opened: {message.error})"
+        body = message.body if isinstance(message.body, bytes) else None
+        notice = describe_notice(message.error, message.sender, body)
+        return f"{head} {notice or f'(could not be opened: {message.error})'}"
     if isinstance(message.body, bytes):
         return f"{head} ({message.content_type}, {len(message.body)} bytes)"
     return f"{head} {message.body}"
@@ -104,7 +107,9 @@ def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 1 other.
+    27 state in use by another process, 35 backup cannot be written,
+    36 not a cell backup, 37 the home's state forbids it (restore over an enrolled
+    home, seal a sealed one), 1 other.
     """
     import os
 
@@ -326,3 +331,8 @@ def outbox(ctx: Context, limit: int) -> None:
         error = f" ({e.error})" if e.error else ""
         stamp = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{stamp} {e.message_id} {e.peer:<20} {e.precedence:<9} {e.status}{error}")
+
+
+from .home_cli import register  # noqa: E402 - backup, restore, seal, passphrase, reset-session
+
+register(cell)
