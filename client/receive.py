@@ -172,7 +172,9 @@ def receive(
             continue
         except LiaisonError:
             continue  # this session does not open it (state unchanged, M-RAT-7)
-        return _commit(store, base, session, row.id, None, body, replace_row, unknown)
+        from_setup = setup is not None and row.setup_ephemeral == bytes(setup.ephemeral)
+        return _commit(store, base, session, row.id, None, body, replace_row, unknown,
+                       from_setup=from_setup)  # fmt: skip
 
     if setup is None:
         return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
@@ -240,13 +242,16 @@ def _respond(store: Store, keys: Keys, own: bytes, sender: bytes, setup: Session
 
 def _commit(
     store: Store, base: _Base, session: Session, row_id: int | None, one_time_prekey: int | None,
-    body: Body, replace_row: int | None, unknown: bool,
+    body: Body, replace_row: int | None, unknown: bool, *, from_setup: bool = True,
 ) -> Outcome:  # fmt: skip
+    """``from_setup``: the session was built from this envelope's setup block (just now by
+    ``respond()``, ``row_id`` None, or earlier from another envelope of it, M-SES-8)."""
     outcome = Outcome(unknown_sender=unknown)
     now = time.time()
-    # A session reset (M-SES-12): only in the first envelope of a session built just now.
-    reset = row_id is None and body.content_type == ContentType.CONTROL \
-        and resets.parse_reset(body.payload) is not None  # fmt: skip
+    # A session reset (M-SES-12): only in a PREKEY envelope of the session its setup built.
+    reset = from_setup and body.content_type == ContentType.CONTROL \
+        and resets.parse_reset(body.payload) is not None \
+        and not resets.is_reset_session(store, base.sender, row_id)  # fmt: skip
     with store.transaction():
         old = resets.superseded(store, base.sender, row_id)  # opens, is never current again
         kept = _keep_session(store, base, session, row_id, one_time_prekey, replace_row,
@@ -254,8 +259,9 @@ def _commit(
         if reset:
             resets.mark_reset_session(store, base.sender, kept)
             resets.drop_request(store, base.sender)  # the peer made a fresh session already
+        if reset and row_id is None:
             outcome.gap_changed = resets.restart_channel(store, base.sender, body.seq)
-        elif not old:  # a superseded session's numbers are of the channel before the reset
+        elif not old:  # superseded: numbers of the channel before the reset (a late reset: on)
             outcome.gap_changed = channels.opened(store, base.sender, body.seq, now)
         if reset:
             tables.inbox_add(

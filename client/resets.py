@@ -13,12 +13,15 @@ session) as its current one with P, and seals a CONTROL envelope carrying the se
 payload ``0x01 ‖ reason`` as the first envelope of that session (so it carries the setup
 block) at FLASH precedence. The channel's sequence numbers go on (M-ENV-8).
 
-Receiving one (M-SES-12): a PREKEY envelope that opens under a *new* session built by
-``respond()`` from the pinned identity and carries the reset payload makes that session
-current, restarts the tracking of P's channel numbers at the reset's number (its count may
-have gone back with its state; older gaps can no longer be filled) and is shown to the
-operator as a notice (``error`` = ``session_reset``). A relay cannot make one: the setup needs
-P's identity private key, and a replay is a duplicate (its row is kept, never pruned).
+Receiving one (M-SES-12): a PREKEY envelope that opens under the session its setup block
+built (by ``respond()`` just now, or from an earlier envelope of the same setup when a relay
+held the reset back, M-SES-8), from the pinned identity, and carries the reset payload makes
+that session current and is shown to the operator as a notice (``error`` =
+``session_reset``). When it is the first envelope of its session it also restarts the
+tracking of P's channel numbers at the reset's number (P's count may have gone back with its
+state; older gaps can no longer be filled); after others of its session, the numbers go on.
+A relay cannot make one: the setup needs P's identity private key, and a replay is a
+duplicate (its row is kept, never pruned).
 
 On both sides the sessions from before the reset are *superseded* (``reset_sessions``): they
 still open envelopes that were already on their way (the relay delivers the FLASH reset ahead
@@ -58,6 +61,7 @@ __all__ = [
     "drop_request",
     "failure_error",
     "is_pending",
+    "is_reset_session",
     "mark_reset_session",
     "parse_reset",
     "pending",
@@ -186,6 +190,14 @@ def mark_reset_session(store: Store, peer: bytes, session_id: int) -> None:
     current again and their channel numbers are not counted (``superseded``)."""
     store.execute("INSERT OR REPLACE INTO reset_sessions (peer, session_id) VALUES (?, ?)",
                   (peer, session_id))  # fmt: skip
+
+
+def is_reset_session(store: Store, peer: bytes, session_id: int | None) -> bool:
+    """Whether ``session_id`` is the session the last reset with ``peer`` made."""
+    if session_id is None:
+        return False
+    row = store.query_one("SELECT session_id FROM reset_sessions WHERE peer = ?", (peer,))
+    return row is not None and int(row[0]) == session_id
 
 
 def superseded(store: Store, peer: bytes, session_id: int | None) -> bool:
