@@ -44,10 +44,11 @@ from liaison.protocol.errors import LiaisonError
 from liaison.protocol.fingerprint import cell_safety_number, format_safety_number
 from liaison.protocol.session import Session, initiate
 
-from . import channels, outgoing, tables
-from .core import CellCore
+from . import channels, outgoing, resets, tables
+from .core import CellCore, log
 from .enroll import ENROLL_ONE_TIME_PREKEYS, enroll
 from .errors import (
+    ClientError,
     KeyChanged,
     NotPaired,
     PeerRevoked,
@@ -57,6 +58,7 @@ from .errors import (
     UnknownMessage,
     UnknownPeer,
 )
+from .link import Link
 from .models import (
     Gap,
     Message,
@@ -191,6 +193,8 @@ class Cell(CellCore):
             raise ValueError("ttl must be a positive number of seconds")
         row = await self._resolve(peer)
         async with self._lock_for(row.cell_id):
+            if resets.is_pending(store, row.cell_id):  # never seal on a session to be reset
+                await self._reset_locked(row)
             sessions = tables.sessions_for(store, row.cell_id)
             new: Session | None = None
             pin = None
@@ -526,6 +530,69 @@ class Cell(CellCore):
                 tables.set_verified(store, row.cell_id)
         self._changed.fire()
         return self.peer(row.label)
+
+    # -- session resets (resets.py, SPEC.md §7.7) ------------------------------------------------
+
+    async def reset_session(self, peer: str) -> str | None:
+        """Start a new session with ``peer`` over a broken or stale one (M-SES-11): the
+        sessions with it are dropped, a new one is started from a fresh bundle of its pinned
+        identity and its first envelope tells the peer, which then uses the new session. The
+        request is stored first: offline (or with the relay unreachable) it is carried out at
+        the next link, and ``None`` is returned; else the reset envelope's message id."""
+        store = self._require_store()
+        row = await self._resolve(peer)
+        with store.transaction():
+            resets.request(store, row.cell_id, resets.REASON_OPERATOR)
+        if not self.online:
+            return None
+        async with self._lock_for(row.cell_id):
+            if not resets.is_pending(store, row.cell_id):  # the link's bring-up did it
+                return None
+            return await self._reset_locked(row)
+
+    def pending_resets(self) -> list[str]:
+        """The peers whose session reset waits for the next link (names or hex ids)."""
+        store = self._require_store()
+        labels = _labels(store)
+        return [labels.get(peer, peer.hex()) for peer in resets.pending(store)]
+
+    async def _reset_locked(self, row: PeerRow) -> str:
+        """Carry out the requested reset with ``row`` (the caller holds the peer's lock)."""
+        store = self._require_store()
+        reason = resets.pending(store).get(row.cell_id, resets.REASON_OPERATOR)
+        session, pin = await self._start_session(row)
+        message_id, envelope = resets.seal_reset(store, session, reason,
+                                                 ttl=self._receipt_ttl, pin=pin)  # fmt: skip
+        log.warning("session with %s reset (reason %d)", row.cell_id.hex(), reason)
+        self._changed.fire()
+        self._queue_transmit(message_id, envelope)
+        self._receipts_due.set()  # receipts held by the reset go with the new session
+        return message_id.hex()
+
+    async def _on_link_up(self, link: Link) -> None:
+        await super()._on_link_up(link)
+        if self._is_open() and resets.pending(self._require_store()):
+            task = asyncio.get_running_loop().create_task(self._run_resets())
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _run_resets(self) -> None:
+        """The resets requested before this link (a restored home: every peer)."""
+        store = self._require_store()
+        for peer in resets.pending(store):
+            row = tables.peer_by_id(store, peer)
+            if row is None or row.status == "revoked" or not row.paired:
+                with store.transaction():
+                    resets.drop_request(store, peer)
+                continue
+            if row.pending_identity is not None:
+                continue  # waits until the operator decides on the key change
+            try:
+                async with self._lock_for(peer):
+                    if self._is_open() and resets.is_pending(store, peer):
+                        await self._reset_locked(row)
+            except ClientError as exc:
+                log.warning("cannot reset the session with %s yet: %s", peer.hex(), exc.code)
 
 
 def _is_cell_id(text: str) -> bool:

@@ -25,6 +25,7 @@ from .errors import ClientError, PassphraseRequired
 from .models import Message, OutboxEntry, Peer
 from .notices import Notice
 from .render import indent_body, safe_label, safe_text
+from .resets import describe as describe_notice
 
 __all__ = ["cell"]
 
@@ -105,7 +106,10 @@ def _message_line(message: Message) -> str:
     head = (f"{_stamp(message.received_at)} {message.id[:8]} {message.precedence.upper():<9} "
             f"{safe_text(message.sender)}{marking}:")  # fmt: skip
     if message.error is not None:
-        return f"{head} (could not be opened: {safe_text(message.error)})"
+        body = message.body if isinstance(message.body, bytes) else None
+        notice = describe_notice(message.error, message.sender, body)
+        opened = f"(could not be opened: {safe_text(message.error)})"
+        return f"{head} {safe_text(notice) if notice else opened}"
     if isinstance(message.body, bytes):
         return f"{head} ({message.content_type}, {len(message.body)} bytes)"
     return f"{head} {indent_body(message.body or '')}"
@@ -163,8 +167,10 @@ def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 38 relocate: the relay at the new URL has another
-    key, 130 interrupted (Ctrl-C), 1 other.
+    27 state in use by another process, 35 backup cannot be written,
+    36 not a cell backup, 37 the home's state forbids it (restore over an enrolled
+    home, seal a sealed one), 38 relocate: the relay at the new URL has another key,
+    130 interrupted (Ctrl-C), 1 other.
     """
     import os
 
@@ -439,3 +445,8 @@ def outbox(ctx: Context, limit: int) -> None:
         error = f" ({safe_text(e.error)})" if e.error else ""
         peer = safe_text(e.peer)
         click.echo(f"{stamp} {e.message_id} {peer:<20} {e.precedence:<9} {e.status}{error}")
+
+
+from .home_cli import register  # noqa: E402 - backup, restore, seal, passphrase, reset-session
+
+register(cell)

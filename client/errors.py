@@ -28,6 +28,9 @@ MessageTooLarge             ``message_too_large``         24   the body fits no 
 UnknownMessage              ``unknown_message``           25   no sent message with that id
 ProtocolFailure             ``protocol_error``            26   the relay broke the protocol
 StateLocked                 ``state_locked``              27   another process holds the file
+BackupFailed                ``backup_failed``             35   a backup cannot be written
+BadBackup                   ``bad_backup``                36   the file is not a cell backup
+StateConflict               ``state_conflict``            37   the home's state forbids it
 RelayMismatch               ``relay_mismatch``            38   relocate: another relay's key
 ==========================  ===========================  ====  =================================
 """
@@ -38,6 +41,8 @@ from typing import ClassVar
 
 __all__ = [
     "AlreadyEnrolled",
+    "BackupFailed",
+    "BadBackup",
     "BadCode",
     "CellReplaced",
     "CellRevoked",
@@ -54,6 +59,7 @@ __all__ = [
     "ProtocolFailure",
     "RelayMismatch",
     "RelayUnreachable",
+    "StateConflict",
     "StateLocked",
     "UnknownMessage",
     "UnknownPeer",
@@ -203,6 +209,28 @@ class StateLocked(ClientError):
     code = "state_locked"
     exit_code = 27
     default_message = "the cell's state file is locked by another process"
+
+
+class BackupFailed(ClientError):
+    """``liaison cell backup``: the target exists (never overwritten) or cannot be written."""
+
+    code = "backup_failed"
+    exit_code = 35
+
+
+class BadBackup(ClientError):
+    """``liaison cell restore``: the file is not a readable Liaison cell backup."""
+
+    code = "bad_backup"
+    exit_code = 36
+
+
+class StateConflict(ClientError):
+    """The home's state does not allow the operation: a restore over an enrolled home
+    (without ``--force``), sealing a sealed home, changing the passphrase of an unsealed one."""
+
+    code = "state_conflict"
+    exit_code = 37
 
 
 class RelayMismatch(ClientError):

@@ -142,6 +142,11 @@ class Message:
     body; it was acknowledged to the relay so it never blocks the queue (M-CLI-4). The same
     id can be yielded again later with its body: after a key change is accepted, or when the
     intact envelope arrives after an altered copy of it failed (M-CLI-2).
+    ``stale_session`` is ``decrypt_failed`` for the third failure in a row from a peer this
+    cell has a session with: this home (or the peer's) looks restored from an older copy, and
+    ``Cell.reset_session(peer)`` recovers. Two ``error`` values are notices, not failures
+    (content type ``control``): ``session_reset`` (the peer reset its session with this cell,
+    SPEC.md §7.7) and ``session_reset_sent`` (this cell did).
     """
 
     id: str

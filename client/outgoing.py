@@ -27,7 +27,7 @@ from liaison.protocol.errors import LiaisonError
 from liaison.protocol.errors import MessageTooLarge as ProtocolTooLarge
 from liaison.protocol.session import Session
 
-from . import channels, tables
+from . import channels, resets, tables
 from .errors import MessageTooLarge
 from .receive import MAX_RECEIPT_IDS, build_receipt
 from .state import Store
@@ -149,6 +149,8 @@ def _reachable(store: Store, peer: bytes) -> bool | None:
         return False
     if not tables.sessions_for(store, peer):
         return False
+    if resets.is_pending(store, peer):
+        return None  # they go with the new session, once the reset is sent
     return None if row.pending_identity is not None else True
 
 

@@ -50,7 +50,7 @@ from liaison.protocol.envelope import Body, ContentType, Envelope, Routing, Sess
 from liaison.protocol.errors import DecryptionError, LiaisonError, MalformedData
 from liaison.protocol.session import Session, respond
 
-from . import channels, tables
+from . import channels, resets, tables
 from .state import Keys, Store
 
 __all__ = ["MAX_RECEIPT_IDS", "Outcome", "build_receipt", "parse_receipt", "receive"]
@@ -172,7 +172,9 @@ def receive(
             continue
         except LiaisonError:
             continue  # this session does not open it (state unchanged, M-RAT-7)
-        return _commit(store, base, session, row.id, None, body, replace_row, unknown)
+        from_setup = setup is not None and row.setup_ephemeral == bytes(setup.ephemeral)
+        return _commit(store, base, session, row.id, None, body, replace_row, unknown,
+                       from_setup=from_setup)  # fmt: skip
 
     if setup is None:
         return _fail(store, base, "decrypt_failed", replace_row, unknown, retry)
@@ -194,7 +196,7 @@ def receive(
                    unknown)  # fmt: skip
 
 
-_RETRYABLE = ("decrypt_failed", "wrong_recipient", "malformed_envelope")
+_RETRYABLE = ("decrypt_failed", "wrong_recipient", "malformed_envelope", "stale_session")
 
 
 def _failed_row(store: Store, sender: bytes, message_id: bytes) -> int | None:
@@ -202,7 +204,7 @@ def _failed_row(store: Store, sender: bytes, message_id: bytes) -> int | None:
     copy of the envelope may cure (not a held envelope, not a message)."""
     row = store.query_one(
         "SELECT id FROM inbox WHERE sender = ? AND message_id = ? AND held_envelope IS NULL "
-        "AND error IN (?, ?, ?)",
+        "AND error IN (?, ?, ?, ?)",
         (sender, message_id, *_RETRYABLE),
     )
     return None if row is None else int(row[0])
@@ -240,14 +242,38 @@ def _respond(store: Store, keys: Keys, own: bytes, sender: bytes, setup: Session
 
 def _commit(
     store: Store, base: _Base, session: Session, row_id: int | None, one_time_prekey: int | None,
-    body: Body, replace_row: int | None, unknown: bool,
+    body: Body, replace_row: int | None, unknown: bool, *, from_setup: bool = True,
 ) -> Outcome:  # fmt: skip
+    """``from_setup``: the session was built from this envelope's setup block (just now by
+    ``respond()``, ``row_id`` None, or earlier from another envelope of it, M-SES-8)."""
     outcome = Outcome(unknown_sender=unknown)
     now = time.time()
+    # A session reset (M-SES-12): only in a PREKEY envelope of the session its setup built.
+    reset = from_setup and body.content_type == ContentType.CONTROL \
+        and resets.parse_reset(body.payload) is not None \
+        and not resets.is_reset_session(store, base.sender, row_id)  # fmt: skip
     with store.transaction():
-        _keep_session(store, base, session, row_id, one_time_prekey, replace_row)
-        outcome.gap_changed = channels.opened(store, base.sender, body.seq, now)
-        if body.content_type == ContentType.RECEIPT:
+        old = resets.superseded(store, base.sender, row_id)  # opens, is never current again
+        kept = _keep_session(store, base, session, row_id, one_time_prekey, replace_row,
+                             current=not old)  # fmt: skip
+        if reset:
+            resets.mark_reset_session(store, base.sender, kept)
+            resets.drop_request(store, base.sender)  # the peer made a fresh session already
+        if reset and row_id is None:
+            outcome.gap_changed = resets.restart_channel(store, base.sender, body.seq)
+        elif not old:  # superseded: numbers of the channel before the reset (a late reset: on)
+            outcome.gap_changed = channels.opened(store, base.sender, body.seq, now)
+        if reset:
+            tables.inbox_add(
+                store, sender=base.sender, message_id=base.message_id,
+                precedence=base.precedence, relay_seq=base.relay_seq,
+                received_at_ms=base.received_at_ms, expires_at=base.expires_at,
+                content_type=int(body.content_type), body=body.payload, marking=body.marking,
+                seq=body.seq, sent_at_ms=body.sent_at_ms, error="session_reset",
+                delivery_receipt=True,
+            )  # fmt: skip
+            outcome.shown = outcome.receipt_due = True
+        elif body.content_type == ContentType.RECEIPT:
             parsed = parse_receipt(body.payload)
             report = None if parsed is not None else channels.parse_gap_report(body.payload)
             if parsed is not None:
@@ -281,17 +307,19 @@ def _malformed(
 
 def _keep_session(
     store: Store, base: _Base, session: Session, row_id: int | None,
-    one_time_prekey: int | None, replace_row: int | None,
-) -> None:  # fmt: skip
+    one_time_prekey: int | None, replace_row: int | None, *, current: bool = True,
+) -> int:  # fmt: skip
     """The session part of a receive, inside the caller's transaction: the advanced session
-    becomes current, the sender's identity is pinned, a used one-time prekey is deleted."""
+    becomes current, the sender's identity is pinned, a used one-time prekey is deleted.
+    Returns the session's row id."""
     if replace_row is not None:
         tables.inbox_delete(store, replace_row)
     tables.ensure_peer(store, base.sender)
     tables.pin_identity(store, base.sender, bytes(session.peer_identity))
-    tables.save_session(store, row_id, session, current=True)
+    kept = tables.save_session(store, row_id, session, current=current)
     if one_time_prekey is not None:
         store.delete_one_time_prekey(one_time_prekey)
+    return kept
 
 
 def _fail(store: Store, base: _Base, error: str, replace_row: int | None,
@@ -303,6 +331,8 @@ def _fail(store: Store, base: _Base, error: str, replace_row: int | None,
     with store.transaction():
         if replace_row is not None:
             tables.inbox_delete(store, replace_row)
+        if error == "decrypt_failed":  # the third in a row over a session: say it looks stale
+            error = resets.failure_error(store, base.sender)
         base.add(store, error=error)
     return Outcome(shown=True, unknown_sender=unknown)
 

@@ -1,4 +1,4 @@
-"""Terminal-safe rendering of untrusted text for the human CLI (SPEC.md §12.9).
+"""Terminal-safe rendering of untrusted text for the human CLI (SPEC.md §12.10).
 
 Everything a peer or the relay controls — bodies, markings, cell names, file names, error
 reasons — is untrusted *display* input. A terminal obeys control characters: a carriage return

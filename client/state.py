@@ -32,7 +32,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,8 @@ from liaison.protocol.keys import IdentityKeyPair, KemKeyPair, X25519KeyPair
 
 from .errors import CorruptState, NotEnrolled, PassphraseRequired, StateLocked, WrongPassphrase
 
-__all__ = ["CHANNEL_SCHEMA", "SCHEMA", "STATE_FILE", "Keys", "Store"]
+__all__ = ["CHANNEL_SCHEMA", "RESET_SCHEMA", "SCHEMA", "SEALED_COLUMNS", "STATE_FILE", "Keys",
+           "Store"]  # fmt: skip
 
 STATE_FILE = "cell.db"
 SCHEMA_VERSION = 1
@@ -153,6 +154,31 @@ CREATE TABLE IF NOT EXISTS gaps (      -- seqs from a peer not opened although a
 """
 """Channel bookkeeping (gap detection). Every statement is idempotent: it is part of a new
 state file and is run again when an older one is opened, so files from before it gain it."""
+
+RESET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS session_resets (  -- sessions to reset at the next link (resets.py)
+    peer BLOB PRIMARY KEY,
+    reason INTEGER NOT NULL,               -- 1 the operator asked, 2 the home was restored
+    requested_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reset_sessions (  -- per peer: the session its last reset made
+    peer BLOB PRIMARY KEY,
+    session_id INTEGER NOT NULL            -- older sessions open envelopes, never send again
+);
+"""
+"""Session resets waiting for a link (``resets``); idempotent like ``CHANNEL_SCHEMA``."""
+
+SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("secrets", "value"),
+    ("one_time_prekeys", "private"),
+    ("sessions", "state"),
+    ("inbox", "body"),
+    ("inbox", "marking"),
+)
+"""Every sealed column, as ``(table, column)``: :meth:`Store.reseal` re-seals exactly these
+(rows found by ``rowid``; NULL values stay NULL). A new sealed column MUST be added here, or
+``liaison cell seal`` / ``passphrase`` would leave it under the old key. (The canary in
+``meta`` is re-sealed separately.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +298,7 @@ class Store:
         store = cls(db, path, sealer)
         try:
             with store.transaction():
-                for statement in _statements(SCHEMA + CHANNEL_SCHEMA):
+                for statement in _statements(SCHEMA + CHANNEL_SCHEMA + RESET_SCHEMA):
                     store.execute(statement)
                 for key, value in meta.items():
                     store.set_meta(key, value)
@@ -303,11 +329,34 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def open_exclusive(cls, home: Path, passphrase: str | bytes | None) -> Store:
+        """Open the state file of ``home`` holding SQLite's exclusive lock until ``close``:
+        ``StateLocked`` if any other process has the file open (a running ``listen``, whose
+        keys in memory would otherwise write under a passphrase that changed under it)."""
+        home = Path(home)
+        path = cls.path_for(home)
+        if not path.is_file():
+            raise NotEnrolled(f"no cell state in {home}")
+        db = cls._connect(path, exclusive=True)
+        store = cls(db, path, _Sealer(None))
+        try:
+            store._unlock(passphrase)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, *, exclusive: bool = False) -> sqlite3.Connection:
         with _translated():
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             try:
+                if exclusive:  # before WAL is first used: no shared memory, one process only
+                    db.execute("PRAGMA busy_timeout = 200")
+                    db.execute("PRAGMA locking_mode = EXCLUSIVE")
+                    db.execute("BEGIN EXCLUSIVE")
+                    db.execute("COMMIT")
                 db.execute("PRAGMA busy_timeout = 5000")
                 mode = db.execute("PRAGMA journal_mode = WAL").fetchone()
                 if mode is None or str(mode[0]).lower() != "wal":
@@ -352,9 +401,9 @@ class Store:
             raise WrongPassphrase() if self._sealer.sealed else CorruptState("bad canary")
         if self.get_meta("cell_id") is not None or self.get_secret("identity") is not None:
             self.keys = self._load_keys()
-        if not {"channels", "channel_sent", "gaps"} <= tables:
+        if not {"channels", "channel_sent", "gaps", "session_resets", "reset_sessions"} <= tables:
             with self.transaction():
-                for statement in _statements(CHANNEL_SCHEMA):
+                for statement in _statements(CHANNEL_SCHEMA + RESET_SCHEMA):
                     self.execute(statement)
 
     def close(self) -> None:
@@ -410,6 +459,40 @@ class Store:
         return rows[0] if rows else None
 
     # -- sealing ---------------------------------------------------------------------------------
+
+    def reseal(self, passphrase: str | bytes | None, *,
+               _between: Callable[[str, str], None] | None = None) -> int:  # fmt: skip
+        """Seal every sealed column (``SEALED_COLUMNS``) and the canary under ``passphrase``
+        (a fresh salt; ``None``: store them plain), in **one transaction**: a crash or an
+        error leaves the old state or the new one, never a mix. Returns the values re-sealed.
+        Open the store with :meth:`open_exclusive` so no other process holds the old key.
+        ``_between(table, column)`` runs after each column (tests inject a failure there)."""
+        new = _Sealer(None)
+        meta: dict[str, bytes] = {"kdf": b"none"}
+        if passphrase is not None:
+            salt = nacl.utils.random(argon2id.SALTBYTES)
+            ops, mem = argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE
+            new = _Sealer(_derive(passphrase, salt, ops, mem))
+            meta = {"kdf": b"argon2id", "salt": salt, "opslimit": str(ops).encode(),
+                    "memlimit": str(mem).encode()}  # fmt: skip
+        count = 0
+        with self.transaction():
+            for table, column in SEALED_COLUMNS:
+                rows = self.query(f"SELECT rowid, {column} FROM {table} WHERE {column} IS NOT NULL")
+                for rowid, value in rows:
+                    plain = self._sealer.unseal(bytes(value))
+                    self.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                                 (new.seal(plain), rowid))  # fmt: skip
+                    count += 1
+                if _between is not None:
+                    _between(table, column)
+            self.execute("DELETE FROM meta WHERE key IN ('salt', 'opslimit', 'memlimit')")
+            for key, value in meta.items():
+                self.set_meta(key, value)
+            self.set_meta("canary", new.seal(_CANARY))
+        self._sealer = new
+        self.session_cache.clear()
+        return count
 
     @property
     def sealed(self) -> bool:

@@ -469,4 +469,6 @@ def held_rows(store: Store, sender: bytes) -> list[tuple[int, int, int, bytes]]:
 def prune(store: Store, now: int) -> None:
     """Forget hidden rows (receipts, control, duplicates' markers) once they have expired: the
     relay cannot deliver them again after their expiry (M-CLI-2)."""
-    store.execute("DELETE FROM inbox WHERE content_type IN (3, 5) AND expires_at < ?", (now,))
+    store.execute("DELETE FROM inbox WHERE content_type IN (3, 5) AND expires_at < ? AND "
+                  "coalesce(error, '') NOT IN ('session_reset', 'session_reset_sent')",
+                  (now,))  # fmt: skip  # a reset's id is kept: a replay stays a duplicate

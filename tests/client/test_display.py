@@ -1,4 +1,4 @@
-"""Untrusted display input (SPEC.md §12.9, [M-CLI-6]) and what ``listen``/``peers`` show.
+"""Untrusted display input (SPEC.md §12.10, [M-CLI-6]) and what ``listen``/``peers`` show.
 
 A paired cell controls the body and the marking of what it sends, the relay controls names
 and error reasons: none of it may move the cursor, rewrite a line, set the terminal's title,

@@ -267,6 +267,24 @@ REQUIREMENTS: dict[str, str] = {
     "M-SES-8": CLIENT,
     "M-SES-9": CLIENT,
     "M-SES-10": CLIENT,
+    # The session reset (SPEC.md §7.7) is client behaviour; its tests drive real SDK cells
+    # through the real relay.
+    "M-SES-11": _tests(
+        "tests/client/test_home_ops.py::test_hand_copied_home_is_detected_and_reset_session_recovers",
+        "tests/client/test_home_ops.py::test_offline_reset_request_is_carried_out_at_the_next_link",
+        "tests/client/test_home_ops.py::test_a_reset_is_never_forced_by_failures_alone",
+    ),
+    "M-SES-12": _tests(
+        "tests/client/test_home_ops.py::test_restored_home_resets_its_sessions_and_both_ways_open",
+        "tests/client/test_home_ops.py::test_replayed_reset_is_a_duplicate_even_after_pruning",
+        "tests/client/test_home_ops.py::test_reset_payload_in_an_existing_session_is_not_a_reset",
+        "tests/client/test_home_ops.py::test_reset_held_back_by_the_relay_is_still_shown",
+    ),
+    "M-SES-13": _tests(
+        "tests/client/test_home_ops.py::test_restored_home_resets_its_sessions_and_both_ways_open",
+        "tests/client/test_home_ops.py::test_restored_home_skips_one_time_prekey_ids",
+        "tests/client/test_home_ops.py::test_cli_backup_restore_end_to_end",
+    ),
     # --- §8 ratchet ---------------------------------------------------------------------------
     "M-RAT-1": _tests(
         "tests/protocol/test_requirements.py::test_rat1_root_kdf_definition",

@@ -501,6 +501,7 @@ async def test_tampered_envelopes_are_rejected_and_change_nothing(tmp_path: Path
             assert (forged, duplicated, lost) == (0, 0, 0)
             assert {m.error for m in at_berlin.failures()} <= {
                 "decrypt_failed", "malformed_envelope", "wrong_recipient",
+                "stale_session",  # the third failure in a row: a notice, never a reset
             }  # fmt: skip
             assert berlin.gaps() == []
             assert not berlin.peer("paris").key_changed
@@ -623,7 +624,7 @@ async def test_forged_and_readdressed_envelopes_are_rejected(tmp_path: Path) -> 
             assert alarms == ["relay_session_own_identity"]
             assert [(x.sender, x.body) for x in held] == [("paris", None)]
             assert {x.error for x in at_berlin.failures()} <= {
-                "decrypt_failed", "wrong_recipient", "key_changed",
+                "decrypt_failed", "wrong_recipient", "key_changed", "stale_session",
             }  # fmt: skip
             assert berlin.gaps() == []
             with pytest.raises(KeyChanged):  # held until the operator decides
