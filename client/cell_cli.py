@@ -312,7 +312,8 @@ def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
 @click.pass_obj
 def outbox(ctx: Context, limit: int) -> None:
     """Recent sends with their status (queued, accepted, missing, delivered, read, expired,
-    failed)."""
+    failed). "failed (recipient revoked)": the recipient was revoked and the relay refused
+    the message or dropped it from its queue undelivered."""
 
     async def go(passphrase: str | None) -> list[OutboxEntry]:
         async with Cell.open(ctx.home, passphrase, connect=False) as opened:
@@ -323,6 +324,7 @@ def outbox(ctx: Context, limit: int) -> None:
         click.echo(_dump([asdict(e) for e in entries]))
         return
     for e in entries:
-        error = f" ({e.error})" if e.error else ""
+        reason = "recipient revoked" if e.error == "revoked" else e.error
+        error = f" ({reason})" if reason else ""
         stamp = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{stamp} {e.message_id} {e.peer:<20} {e.precedence:<9} {e.status}{error}")

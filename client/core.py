@@ -311,11 +311,13 @@ class CellCore:
                 self._retry_later(frame.ref)
         elif len(frame.ref) == 16:  # about one of our SENDs (M-FRM-6)
             row = tables.outbox_row(store, frame.ref)
-            with store.transaction():
+            with store.transaction():  # also after ACCEPTED: a drop notice (M-CLI-6)
                 tables.outbox_finish(store, frame.ref, "failed", frame.code)
                 if frame.code == f.ErrorCode.REVOKED and row is not None:
                     tables.set_peer_status(store, bytes(row[1]), "revoked")
-            log.warning("the relay refused a message: %s", frame.code)
+            dropped = row is not None and row[2] == "accepted"
+            log.warning("the relay %s a message: %s", "dropped" if dropped else "refused",
+                        frame.code)  # fmt: skip
             self._changed.fire()
         elif len(frame.ref) == 4:
             request_id = int.from_bytes(frame.ref, "big")

@@ -53,6 +53,9 @@ class RelayHooks:
     async def on_channels_changed(self) -> None:
         await self._relay.directory_changed()
 
+    async def on_sender_notices(self, senders: list[bytes]) -> None:
+        await self._relay.notices_stored(senders)
+
 
 async def _tend_heap(stop: asyncio.Event, every: float = 0.25) -> None:
     """Keep full garbage collections short while connections pile up.
@@ -130,6 +133,9 @@ def create_app(
         version="1",
         summary="End-to-end-encrypted store-and-forward relay for liaison cells",
         lifespan=lifespan,
+        # Swagger UI and ReDoc pages fetch their assets from a CDN: only when asked for.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.relay = relay
     app.state.settings = settings

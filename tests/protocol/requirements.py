@@ -411,6 +411,6 @@ REQUIREMENTS: dict[str, str] = {
     "M-FRM-5": RELAY_AND_CLIENT,
     "M-FRM-6": RELAY,
     # --- §11 relay and client duties ----------------------------------------------------------
-    **{f"M-REL-{n}": RELAY for n in range(1, 20)},
-    **{f"M-CLI-{n}": CLIENT for n in range(1, 6)},
+    **{f"M-REL-{n}": RELAY for n in range(1, 21)},
+    **{f"M-CLI-{n}": CLIENT for n in range(1, 7)},
 }
