@@ -22,6 +22,7 @@ from urllib.parse import quote
 import click
 
 from .admin_http import EXIT_OTHER, AdminCliError, AdminContext
+from .render import safe_text
 
 __all__ = ["admin"]
 
@@ -345,11 +346,23 @@ def token_list(ctx: AdminContext) -> None:
 
 @token.command("revoke")
 @click.argument("token_id", metavar="ID", type=int)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke it even if it is the last active admin token (which locks every admin out "
+    "until `liaison server admin-token` makes a new one on the relay's host).",
+)
 @_json_flag
 @pass_admin
-def token_revoke(ctx: AdminContext, token_id: int) -> None:
-    """Revoke admin token ID at once."""
-    gone = ctx.request("DELETE", f"/tokens/{token_id}")
+def token_revoke(ctx: AdminContext, token_id: int, force: bool) -> None:
+    """Revoke admin token ID at once. The last active token needs --force (exit 4 without)."""
+    gone = ctx.request("DELETE", f"/tokens/{token_id}" + ("?force=true" if force else ""))
+    if force:
+        click.echo(
+            "warning: if that was the last active admin token, only `liaison server "
+            "admin-token` on the relay's host can make a new one",
+            err=True,
+        )
     _emit(ctx, gone, lambda: click.echo(f"revoked admin token {gone['id']} ({gone['name']})"))
 
 
@@ -361,24 +374,39 @@ def token_revoke(ctx: AdminContext, token_id: int) -> None:
     type=click.IntRange(1, 1000),
     help="How many entries, newest first.",
 )
+@click.option(
+    "--action",
+    metavar="ACTION",
+    default=None,
+    help="Only this action (cell.revoke), or a family (cell.*, admin.*).",
+)
 @_json_flag
 @pass_admin
-def audit(ctx: AdminContext, limit: int) -> None:
-    """Show the newest audit log entries."""
-    entries = ctx.request("GET", f"/audit?limit={limit}")
+def audit(ctx: AdminContext, limit: int, action: str | None) -> None:
+    """Show the newest audit log entries (times in UTC; --json keeps the raw *_ms fields)."""
+    query = f"/audit?limit={limit}" + (f"&action={quote(action, safe='')}" if action else "")
+    entries = ctx.request("GET", query)
 
     def detail(value: Any) -> str:
         items = value.items() if isinstance(value, dict) else []
-        return " ".join(f"{k}={v}" for k, v in sorted(items)) or "-"
+        return " ".join(_detail_item(k, v) for k, v in sorted(items)) or "-"
 
     columns = [
         ("AT", _col("at", _when)),
-        ("ACTOR", _col("actor")),
+        ("ACTOR", _col("actor", lambda v: safe_text(_text(v)))),
         ("ACTION", _col("action")),
-        ("TARGET", _col("target")),
+        ("TARGET", _col("target", lambda v: safe_text(_text(v)))),
         ("DETAIL", _col("detail", detail)),
     ]
     _emit(ctx, entries, lambda: _table(entries, columns, "no audit entries"))
+
+
+def _detail_item(key: str, value: Any) -> str:
+    """``key=value`` of an audit detail; a ``*_ms`` time as ``key=<UTC ISO time>``."""
+    if key.endswith("_ms") and isinstance(value, int) and not isinstance(value, bool):
+        moment = datetime.fromtimestamp(value / 1000, tz=UTC)
+        return f"{key[:-3]}={moment.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return f"{key}={safe_text(str(value))}"
 
 
 def _seg(value: str) -> str:

@@ -190,10 +190,10 @@ def build_admin_router(
     """The admin API over ``engine``. Mount it under ``/admin`` (see the module docstring).
 
     ``code_ttl_seconds`` is ``Settings.enrollment_code_ttl_seconds``; ``limiter`` throttles
-    failed authentication (default: 10 failures a minute per address); ``clock`` gives unix
-    seconds, for tests.
+    failed authentication (default: 10 failures a minute per address and per token
+    fingerprint; a valid token always passes); ``clock`` gives unix seconds, for tests.
     """
-    auth = AdminAuth(engine, limiter or FailureLimiter())
+    auth = AdminAuth(engine, limiter or FailureLimiter(), clock=clock)
     Admin = Annotated[AdminPrincipal, Depends(auth)]
     router = APIRouter(
         tags=["admin"],

@@ -19,10 +19,8 @@ LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class UtcFormatter(logging.Formatter):
     """``asctime`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, whatever the host's time zone."""
 
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 

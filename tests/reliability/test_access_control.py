@@ -419,24 +419,30 @@ async def _state(world: World) -> list[Any]:
     """Everything the admin API can change, as the real admin sees it."""
     client = world.admin.client
     paths = ("/admin/cells", "/admin/channels", "/admin/tokens", "/admin/audit")
-    return [(await client.get(path)).json() for path in paths]
+    state = [(await client.get(path)).json() for path in paths]
+    # Failed authentications are audited (admin.auth_failed): a record, not a change.
+    state[3] = [e for e in state[3] if e["action"] != "admin.auth_failed"]
+    return state
 
 
 async def test_admin_endpoints_refuse_missing_wrong_and_revoked_tokens(world: World) -> None:
     """Every admin route answers 401 (an RFC 9457 problem with ``WWW-Authenticate``) to no
     token, a malformed header, a wrong token and a revoked token, and changes nothing."""
-    revoked = (await world.admin.client.post("/admin/tokens", json={"name": "gone"})).json()
-    await world.admin.client.delete(f"/admin/tokens/{revoked['id']}")
+    revoked = []
+    for _ in EVERY_ROUTE:  # failures also count per token: one revoked token per route
+        made = (await world.admin.client.post("/admin/tokens", json={"name": "gone"})).json()
+        await world.admin.client.delete(f"/admin/tokens/{made['id']}")
+        revoked.append(made["token"])
     before = await _state(world)
-    credentials: dict[str, dict[str, str]] = {
-        "missing": {},
-        "malformed": {"Authorization": "Bearer"},
-        "basic": {"Authorization": "Basic cm9vdDpyb290"},
-        "wrong": {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"},
-        "revoked": {"Authorization": f"Bearer {revoked['token']}"},
-    }
     outcomes: Counter[str] = Counter()
-    for method, path, body in EVERY_ROUTE:
+    for (method, path, body), gone in zip(EVERY_ROUTE, revoked, strict=True):
+        credentials: dict[str, dict[str, str]] = {
+            "missing": {},
+            "malformed": {"Authorization": "Bearer"},
+            "basic": {"Authorization": "Basic cm9vdDpyb290"},
+            "wrong": {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"},
+            "revoked": {"Authorization": f"Bearer {gone}"},
+        }
         # Per route its own address: at most two counted failures each, far below the limit.
         async with admin_client(world.relay, None, fresh_address()) as client:
             for kind, headers in credentials.items():
@@ -448,7 +454,7 @@ async def test_admin_endpoints_refuse_missing_wrong_and_revoked_tokens(world: Wo
                 assert response.headers["www-authenticate"].startswith("Bearer")
     assert await _state(world) == before
     attempts = sum(outcomes.values())
-    assert attempts == len(EVERY_ROUTE) * len(credentials)
+    assert attempts == len(EVERY_ROUTE) * 5
     record(
         SUITE,
         "admin endpoints without a valid token",
@@ -459,9 +465,10 @@ async def test_admin_endpoints_refuse_missing_wrong_and_revoked_tokens(world: Wo
 
 
 async def test_repeated_auth_failures_are_rate_limited(world: World) -> None:
-    """After 10 failed tokens from one address within a minute every request from it is
-    refused with 429 and Retry-After -- the right token too -- while other addresses are
-    served; requests without any token are refused but not counted."""
+    """After 10 failed tokens from one address within a minute its further failures are
+    refused with 429 and Retry-After, while the right token from that same address is still
+    served (issue #10 item 11: no lock-out of the admins behind a shared NAT); requests
+    without any token are refused but not counted."""
     guesser, neighbour, anonymous = fresh_address(), fresh_address(), fresh_address()
     token = world.relay.admin_token
     throttled = scaled(20, 500)
@@ -482,8 +489,9 @@ async def test_repeated_auth_failures_are_rate_limited(world: World) -> None:
             if expected == 429:
                 assert 0 < int(response.headers["retry-after"]) <= 60
                 assert response.json()["code"] == "rate_limited"
-        right_but_blocked = await same_address.get("/admin/cells")
-        assert right_but_blocked.status_code == 429
+        assert (await same_address.get("/admin/cells")).status_code == 200
+        still_throttled = await guessing.get("/admin/cells")
+        assert still_throttled.status_code == 429
         assert (await elsewhere.get("/admin/cells")).status_code == 200
         for _ in range(throttled):
             assert (await no_token.get("/admin/cells")).status_code == 401
@@ -497,5 +505,5 @@ async def test_repeated_auth_failures_are_rate_limited(world: World) -> None:
             "throttled_429": statuses[429],
             "tokenless_requests": throttled,
         },
-        {"guess_accepted": 0, "right_token_let_through_while_throttled": 0},
+        {"guess_accepted": 0, "right_token_refused_while_throttled": 0},
     )

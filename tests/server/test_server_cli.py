@@ -47,7 +47,8 @@ def test_an_out_of_range_port_is_one_line_and_exit_2(
     assert result.returncode == 2, result
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
-    assert line.startswith("liaison: ") and "1<=x<=65535" in line
+    assert line.startswith("liaison: ")
+    assert "1<=x<=65535" in line
     assert not (tmp_path / "relay.db").exists()
 
 
