@@ -37,6 +37,17 @@ def _when(value: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _yes_no(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _expiry(value: Any) -> str:
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(str(value)).astimezone(UTC)
+    return _when(value) + (" (expired)" if moment <= datetime.now(UTC) else "")
+
+
 def _text(value: Any) -> str:
     if value is None or value == "" or value == []:
         return "-"
@@ -216,14 +227,18 @@ def cell_code(ctx: AdminContext, name: str) -> None:
 @_json_flag
 @pass_admin
 def cell_list(ctx: AdminContext) -> None:
-    """List every cell."""
+    """List every cell: status, online now, last seen, and for pending cells when the
+    enrollment code expires (see `cell show` for the precision)."""
     cells = ctx.request("GET", "/cells")
     columns = [
         ("NAME", _col("name")),
         ("STATUS", _col("status")),
+        ("ONLINE", _col("online", _yes_no)),
+        ("LAST-SEEN", _col("last_seen_at", _when)),
         ("ID", _col("id")),
         ("CREATED", _col("created_at", _when)),
         ("ENROLLED", _col("enrolled_at", _when)),
+        ("CODE-EXPIRES", _col("code_expires_at", _expiry)),
     ]
     _emit(ctx, cells, lambda: _table(cells, columns, "no cells"))
 
@@ -233,7 +248,12 @@ def cell_list(ctx: AdminContext) -> None:
 @_json_flag
 @pass_admin
 def cell_show(ctx: AdminContext, name: str) -> None:
-    """Show cell NAME: status, key fingerprint, channels, queue depth, prekeys left."""
+    """Show cell NAME: status, online / last seen, key fingerprint, channels, queue depth,
+    prekeys left and, while pending, when its enrollment code expires.
+
+    Online and last seen come from the relay's store: link up and down reach it within about
+    a second, last seen is at most one presence refresh (60 s) old while the cell is linked,
+    and a cell whose relay node died shows offline within 150 s."""
     shown = ctx.request("GET", f"/cells/{_seg(name)}")
 
     def human() -> None:
@@ -245,6 +265,13 @@ def cell_show(ctx: AdminContext, name: str) -> None:
                 ("created", _when(shown["created_at"])),
                 ("enrolled", _when(shown["enrolled_at"])),
                 ("status changed", _when(shown["status_changed_at"])),
+                ("online", _yes_no(shown.get("online"))),
+                ("last seen", _when(shown.get("last_seen_at"))),
+                *(
+                    [("code expires", _expiry(shown["code_expires_at"]))]
+                    if shown.get("code_expires_at")
+                    else []
+                ),
                 ("identity key", _text(shown["identity_fingerprint"])),
                 ("channels", _text(shown["channels"])),
                 ("queued envelopes", str(shown["queue_depth"])),

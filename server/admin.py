@@ -55,6 +55,7 @@ from .admin_models import (
     CellCreate,
     CellCreated,
     CellDetail,
+    CellListed,
     CellSummary,
     ChannelCreate,
     ChannelInfo,
@@ -72,6 +73,7 @@ from .directory import (
     next_status,
     peers_of,
 )
+from .presence import is_online
 from .problems import Problem, ProblemCode, problem_responses, read_bounded_body
 from .schema import (
     cells,
@@ -154,6 +156,22 @@ async def _peer_names(conn: AsyncConnection, cell_id: bytes) -> list[str]:
     return sorted(row.name for row in rows)
 
 
+async def _code_expiries(conn: AsyncConnection, cell_id: bytes | None) -> dict[bytes, int]:
+    """``{cell id: expiry of its newest unused code}`` for pending cells (one, or all)."""
+    query = (
+        select(enrollment_codes.c.cell_id, func.max(enrollment_codes.c.expires_at_ms))
+        .join(cells, cells.c.id == enrollment_codes.c.cell_id)
+        .where(
+            enrollment_codes.c.used_at_ms.is_(None),
+            cells.c.status == CellStatus.PENDING.value,
+        )
+        .group_by(enrollment_codes.c.cell_id)
+    )
+    if cell_id is not None:
+        query = query.where(enrollment_codes.c.cell_id == cell_id)
+    return {bytes(c): int(ms) for c, ms in await conn.execute(query)}
+
+
 async def _purge_revoked(
     conn: AsyncConnection, cell_id: bytes, at_ms: int
 ) -> tuple[dict[str, int], list[bytes]]:
@@ -186,12 +204,15 @@ def build_admin_router(
     code_ttl_seconds: int = 24 * 3600,
     limiter: FailureLimiter | None = None,
     clock: Callable[[], float] = time.time,
+    presence_refresh_seconds: float = 60.0,
 ) -> APIRouter:
     """The admin API over ``engine``. Mount it under ``/admin`` (see the module docstring).
 
     ``code_ttl_seconds`` is ``Settings.enrollment_code_ttl_seconds``; ``limiter`` throttles
     failed authentication (default: 10 failures a minute per address and per token
-    fingerprint; a valid token always passes); ``clock`` gives unix seconds, for tests.
+    fingerprint; a valid token always passes); ``clock`` gives unix seconds, for tests;
+    ``presence_refresh_seconds`` is ``Settings.presence_refresh_seconds`` (when a linked cell's
+    ``last_seen`` counts as stale, :mod:`.presence`).
     """
     auth = AdminAuth(engine, limiter or FailureLimiter(), clock=clock)
     Admin = Annotated[AdminPrincipal, Depends(auth)]
@@ -258,21 +279,43 @@ def build_admin_router(
             code_expires_at=ms_to_datetime(expires_ms),
         )
 
+    def presence(row: Any, codes: dict[bytes, int]) -> dict[str, Any]:
+        code_ms = codes.get(bytes(row.id))
+        return {
+            "online": is_online(
+                row.linked_at_ms, row.last_seen_at_ms, now_ms(), presence_refresh_seconds
+            ),
+            "last_seen_at": None
+            if row.last_seen_at_ms is None
+            else ms_to_datetime(row.last_seen_at_ms),
+            "code_expires_at": None if code_ms is None else ms_to_datetime(code_ms),
+        }
+
     @router.get("/cells")
-    async def list_cells() -> list[CellSummary]:
-        """Every cell, by name."""
+    async def list_cells() -> list[CellListed]:
+        """Every cell, by name, with online / last seen and, if pending, its code's expiry."""
         async with engine.connect() as conn:
-            rows = await conn.execute(select(cells).order_by(cells.c.name))
-            return [CellSummary.of(CellRecord.from_row(row)) for row in rows]
+            rows = (await conn.execute(select(cells).order_by(cells.c.name))).all()
+            codes = await _code_expiries(conn, None)
+        return [
+            CellListed(
+                **CellSummary.of(CellRecord.from_row(row)).model_dump(), **presence(row, codes)
+            )
+            for row in rows
+        ]
 
     @router.get("/cells/{name}", responses=problem_responses(404))
     async def show_cell(name: str) -> CellDetail:
         """One cell, with its channels, queue depth and prekey stock."""
         async with engine.connect() as conn:
-            cell = await _cell_or_404(conn, name)
+            row = (await conn.execute(select(cells).where(cells.c.name == name))).first()
+            if row is None:
+                raise _not_found(f"no cell named {name!r}")
+            cell = CellRecord.from_row(row)
             key = cell.identity_key
             return CellDetail(
                 **CellSummary.of(cell).model_dump(),
+                **presence(row, await _code_expiries(conn, cell.id)),
                 identity_fingerprint=None if key is None else hashlib.sha256(key).hexdigest()[:16],
                 channels=await _peer_names(conn, cell.id),
                 queue_depth=await _count(conn, envelopes, "recipient", cell.id),

@@ -117,6 +117,7 @@ def create_app(
             asyncio.create_task(relay.run_expiry(stop), name="expiry"),
             asyncio.create_task(relay.run_fallback(stop), name="bus-fallback"),
             asyncio.create_task(_tend_heap(stop), name="gc"),
+            asyncio.create_task(relay.presence.run(stop, relay.hub.cells), name="presence"),
         ]
         try:
             yield
@@ -142,7 +143,12 @@ def create_app(
     install_problem_handlers(app)
     app.include_router(build_link_router(relay, relay_key))
     app.include_router(
-        build_admin_router(engine, hooks, code_ttl_seconds=settings.enrollment_code_ttl_seconds),
+        build_admin_router(
+            engine,
+            hooks,
+            code_ttl_seconds=settings.enrollment_code_ttl_seconds,
+            presence_refresh_seconds=settings.presence_refresh_seconds,
+        ),
         prefix="/admin",
     )
 

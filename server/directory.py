@@ -85,9 +85,7 @@ class InvalidTransition(ValueError):
         self.event = event
         allowed = ", ".join(TRANSITIONS[status]) or "nothing (final)"
         article = "an" if status.value[0] in "aeiou" else "a"
-        super().__init__(
-            f"cannot {event.value} {article} {status.value} cell (allowed: {allowed})"
-        )
+        super().__init__(f"cannot {event.value} {article} {status.value} cell (allowed: {allowed})")
 
 
 def next_status(status: CellStatus | str, event: CellEvent | str) -> CellStatus:

@@ -59,6 +59,7 @@ from . import dialect, directory, store
 from .bus import RAW_TAG, Bus, MemoryBus
 from .directory import CellStatus
 from .metrics import BATCH_BUCKETS, COMMIT_BUCKETS, WAIT_BUCKETS, Histogram
+from .presence import Presence
 from .settings import Settings
 from .writer import GroupCommitWriter, QueueFull, WriterOverloaded
 
@@ -156,6 +157,8 @@ class Connection:
             asyncio.create_task(self._pump(), name=f"pump-{self.cell.name}"),
             asyncio.create_task(self._watchdog(), name=f"watchdog-{self.cell.name}"),
         ]
+        presence, linked_ms = self.relay.presence, self.linked_at_ns // 1_000_000
+        presence.up(self.cell_id, linked_ms)
         try:
             await self._greet()
             if self._first_frame is not None:
@@ -163,6 +166,7 @@ class Connection:
             await self._reader()
         finally:
             self.relay.hub.unregister(self)
+            presence.down(self.cell_id, linked_ms)
             writer = self._tasks[0]
             if self._closing is not None and not writer.done():
                 # Let the writer flush the ERROR frame that explains the close.
@@ -585,6 +589,7 @@ class Relay:
         self._outbound: list[bytes] = []  # deliveries for other nodes, sent after this tick
         self._outbound_size = 0
         self.metrics = Metrics()
+        self.presence = Presence(engine, settings.presence_refresh_seconds)
         self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
         self.unauthenticated = 0
         self._status: dict[bytes, CellStatus] = {}

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # still sending their headers): beyond it, new ones get HTTP 503 (uvicorn's
     # limit_concurrency). Keep it under the process's open-file limit.
     max_connections: int = Field(default=10000, ge=16)
+    # Presence (admin cell list/show): last_seen of linked cells is refreshed this often; a
+    # cell not refreshed for 2.5 intervals (its node died) shows offline (presence.py).
+    presence_refresh_seconds: float = Field(default=60.0, gt=0, le=3600)
     prekeys_low_threshold: int = Field(default=10, ge=0)
     max_one_time_prekeys: int = Field(default=1000, ge=1)
 

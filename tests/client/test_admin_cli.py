@@ -73,10 +73,15 @@ def test_cells_and_channels_in_human_form(relay: LiveRelay) -> None:
     ok(relay, "cell", "add", "bravo-2")
 
     listing = ok(relay, "cell", "list").splitlines()
-    assert listing[0].split() == ["NAME", "STATUS", "ID", "CREATED", "ENROLLED"]
+    assert listing[0].split() == [
+        "NAME", "STATUS", "ONLINE", "LAST-SEEN", "ID", "CREATED", "ENROLLED", "CODE-EXPIRES"
+    ]  # fmt: skip
     assert [line.split()[0] for line in listing[1:]] == ["alpha", "bravo-2"]
     status_column = listing[0].index("STATUS")
     assert all(line[status_column:].startswith("pending") for line in listing[1:])
+    online_column = listing[0].index("ONLINE")
+    assert all(line[online_column:].startswith("no ") for line in listing[1:])
+    assert all(line.endswith(" UTC") for line in listing[1:])  # the pending codes' expiry
 
     paired = ok(relay, "channel", "add", "alpha", "bravo-2")
     assert paired.startswith("paired ")
@@ -90,6 +95,8 @@ def test_cells_and_channels_in_human_form(relay: LiveRelay) -> None:
     assert shown["identity key"] == "-"
     assert shown["channels"] == "bravo-2"
     assert (shown["queued envelopes"], shown["one-time prekeys"]) == ("0", "0")
+    assert (shown["online"], shown["last seen"]) == ("no", "-")
+    assert shown["code expires"].endswith(" UTC")
 
     fresh = ok(relay, "cell", "code", "alpha")
     assert relay.hooks.codes[-1] in fresh
