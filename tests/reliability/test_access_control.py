@@ -13,8 +13,9 @@ many attempts and records how many there were and how many succeeded (always 0):
   (measured) and refused on every later attempt;
 * enrollment codes are single-use (also against a replay of the very message that used
   them), superseded by a newer code, useless after expiry, and cannot be guessed;
+* a revocation tells the sender of every envelope it purges (ERROR revoked), exactly once;
 * every admin endpoint refuses a missing, malformed, wrong or revoked token, with no effect;
-* repeated failed tokens from one address are throttled (429), even with the right token.
+* repeated failed tokens from one address are throttled (429), never the right token.
 
 Admin requests come from distinct loopback addresses (127.0.0.x) where a scenario needs the
 relay's per-address failure limiter to see them as different clients.
@@ -331,6 +332,49 @@ async def test_suspended_and_revoked_cells_are_cut_off_within_a_second(world: Wo
             "reconnects_after_revocation": attempts,
         },
         {"accepted": 0, "disconnected_late": 0, "sends_to_revoked_accepted": 0},
+    )
+
+
+async def test_a_revocation_never_leaves_accepted_messages_silently_undelivered(
+    world: World,
+) -> None:
+    """SPEC.md M-REL-20: every envelope accepted for oslo and purged when oslo is revoked is
+    reported to its sender (ERROR revoked, ref = its message id) exactly once: the linked
+    sender at once, none forgotten, none invented, none repeated on the next connect."""
+    queued = scaled(20, 500)
+    rome = await connect(world.cells["rome"], world.target)
+    sent = set()
+    for _ in range(queued):
+        message_id, data = _envelope(world.cells["oslo"].cell_id)
+        await rome.send(f.SendFrame(data))
+        sent.add(message_id)
+    accepted = {frame.message_id for frame in await _answers(rome, queued)
+                if isinstance(frame, f.AcceptedFrame)}  # fmt: skip
+    assert accepted == sent
+    await world.admin.action("oslo", "revoke")
+    told: Counter[bytes] = Counter()
+    while sum(told.values()) < queued:
+        frame = await rome.recv(30)
+        if isinstance(frame, f.ErrorFrame):
+            assert frame.code == f.ErrorCode.REVOKED, frame
+            told[frame.ref] += 1
+        else:
+            assert isinstance(frame, f.PingFrame | f.PongFrame | f.PrekeysLowFrame
+                              | f.PeerRevokedFrame), frame  # fmt: skip
+    await rome.close()
+    assert set(told) == sent
+    assert max(told.values()) == 1
+    again = await connect(world.cells["rome"], world.target)
+    assert isinstance(await again.expect(f.PeerRevokedFrame), f.PeerRevokedFrame)
+    with pytest.raises(TimeoutError):
+        await again.expect(f.ErrorFrame, timeout=1.0)
+    await again.close()
+    assert (await _cell_info(world, "oslo"))["queue_depth"] == 0
+    record(
+        SUITE,
+        "queued messages purged by a revocation",
+        {"accepted_then_purged": queued, "senders_told": len(told)},
+        {"purged_silently": len(sent - set(told)), "told_twice": sum(told.values()) - len(told)},
     )
 
 
