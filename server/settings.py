@@ -17,7 +17,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./liaison.db"
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = 8000  # `server run --port` / LIAISON_PORT is checked by the CLI (1-65535)
     key_file: Path = Path("./liaison-relay.key")
     # Several nodes on one PostgreSQL: the bus carries cross-node hints (bus.py); every
     # ``bus_fallback_seconds`` each node re-reads the store for what a lost hint would have said.
