@@ -315,9 +315,10 @@ class CellCore:
                 tables.outbox_finish(store, frame.ref, "failed", frame.code)
                 if frame.code == f.ErrorCode.REVOKED and row is not None:
                     tables.set_peer_status(store, bytes(row[1]), "revoked")
-            dropped = row is not None and row[2] == "accepted"
-            log.warning("the relay %s a message: %s", "dropped" if dropped else "refused",
-                        frame.code)  # fmt: skip
+            if row is not None and row[2] == "accepted":  # a drop notice: the outbox shows it
+                log.info("the relay dropped an accepted message: %s", frame.code)
+            else:
+                log.warning("the relay refused a message: %s", frame.code)
             self._changed.fire()
         elif len(frame.ref) == 4:
             request_id = int.from_bytes(frame.ref, "big")
