@@ -22,6 +22,7 @@ from urllib.parse import quote
 import click
 
 from .admin_http import EXIT_OTHER, AdminCliError, AdminContext
+from .render import safe_text
 
 __all__ = ["admin"]
 
@@ -34,6 +35,17 @@ def _when(value: Any) -> str:
         return "-"
     moment = datetime.fromisoformat(str(value)).astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _yes_no(value: Any) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _expiry(value: Any) -> str:
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(str(value)).astimezone(UTC)
+    return _when(value) + (" (expired)" if moment <= datetime.now(UTC) else "")
 
 
 def _text(value: Any) -> str:
@@ -215,14 +227,18 @@ def cell_code(ctx: AdminContext, name: str) -> None:
 @_json_flag
 @pass_admin
 def cell_list(ctx: AdminContext) -> None:
-    """List every cell."""
+    """List every cell: status, online now, last seen, and for pending cells when the
+    enrollment code expires (see `cell show` for the precision)."""
     cells = ctx.request("GET", "/cells")
     columns = [
         ("NAME", _col("name")),
         ("STATUS", _col("status")),
+        ("ONLINE", _col("online", _yes_no)),
+        ("LAST-SEEN", _col("last_seen_at", _when)),
         ("ID", _col("id")),
         ("CREATED", _col("created_at", _when)),
         ("ENROLLED", _col("enrolled_at", _when)),
+        ("CODE-EXPIRES", _col("code_expires_at", _expiry)),
     ]
     _emit(ctx, cells, lambda: _table(cells, columns, "no cells"))
 
@@ -232,7 +248,12 @@ def cell_list(ctx: AdminContext) -> None:
 @_json_flag
 @pass_admin
 def cell_show(ctx: AdminContext, name: str) -> None:
-    """Show cell NAME: status, key fingerprint, channels, queue depth, prekeys left."""
+    """Show cell NAME: status, online / last seen, key fingerprint, channels, queue depth,
+    prekeys left and, while pending, when its enrollment code expires.
+
+    Online and last seen come from the relay's store: link up and down reach it within about
+    a second, last seen is at most one presence refresh (60 s) old while the cell is linked,
+    and a cell whose relay node died shows offline within 150 s."""
     shown = ctx.request("GET", f"/cells/{_seg(name)}")
 
     def human() -> None:
@@ -244,6 +265,13 @@ def cell_show(ctx: AdminContext, name: str) -> None:
                 ("created", _when(shown["created_at"])),
                 ("enrolled", _when(shown["enrolled_at"])),
                 ("status changed", _when(shown["status_changed_at"])),
+                ("online", _yes_no(shown.get("online"))),
+                ("last seen", _when(shown.get("last_seen_at"))),
+                *(
+                    [("code expires", _expiry(shown["code_expires_at"]))]
+                    if shown.get("code_expires_at")
+                    else []
+                ),
                 ("identity key", _text(shown["identity_fingerprint"])),
                 ("channels", _text(shown["channels"])),
                 ("queued envelopes", str(shown["queue_depth"])),
@@ -345,11 +373,23 @@ def token_list(ctx: AdminContext) -> None:
 
 @token.command("revoke")
 @click.argument("token_id", metavar="ID", type=int)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke it even if it is the last active admin token (which locks every admin out "
+    "until `liaison server admin-token` makes a new one on the relay's host).",
+)
 @_json_flag
 @pass_admin
-def token_revoke(ctx: AdminContext, token_id: int) -> None:
-    """Revoke admin token ID at once."""
-    gone = ctx.request("DELETE", f"/tokens/{token_id}")
+def token_revoke(ctx: AdminContext, token_id: int, force: bool) -> None:
+    """Revoke admin token ID at once. The last active token needs --force (exit 4 without)."""
+    gone = ctx.request("DELETE", f"/tokens/{token_id}" + ("?force=true" if force else ""))
+    if force:
+        click.echo(
+            "warning: if that was the last active admin token, only `liaison server "
+            "admin-token` on the relay's host can make a new one",
+            err=True,
+        )
     _emit(ctx, gone, lambda: click.echo(f"revoked admin token {gone['id']} ({gone['name']})"))
 
 
@@ -361,24 +401,39 @@ def token_revoke(ctx: AdminContext, token_id: int) -> None:
     type=click.IntRange(1, 1000),
     help="How many entries, newest first.",
 )
+@click.option(
+    "--action",
+    metavar="ACTION",
+    default=None,
+    help="Only this action (cell.revoke), or a family (cell.*, admin.*).",
+)
 @_json_flag
 @pass_admin
-def audit(ctx: AdminContext, limit: int) -> None:
-    """Show the newest audit log entries."""
-    entries = ctx.request("GET", f"/audit?limit={limit}")
+def audit(ctx: AdminContext, limit: int, action: str | None) -> None:
+    """Show the newest audit log entries (times in UTC; --json keeps the raw *_ms fields)."""
+    query = f"/audit?limit={limit}" + (f"&action={quote(action, safe='')}" if action else "")
+    entries = ctx.request("GET", query)
 
     def detail(value: Any) -> str:
         items = value.items() if isinstance(value, dict) else []
-        return " ".join(f"{k}={v}" for k, v in sorted(items)) or "-"
+        return " ".join(_detail_item(k, v) for k, v in sorted(items)) or "-"
 
     columns = [
         ("AT", _col("at", _when)),
-        ("ACTOR", _col("actor")),
+        ("ACTOR", _col("actor", lambda v: safe_text(_text(v)))),
         ("ACTION", _col("action")),
-        ("TARGET", _col("target")),
+        ("TARGET", _col("target", lambda v: safe_text(_text(v)))),
         ("DETAIL", _col("detail", detail)),
     ]
     _emit(ctx, entries, lambda: _table(entries, columns, "no audit entries"))
+
+
+def _detail_item(key: str, value: Any) -> str:
+    """``key=value`` of an audit detail; a ``*_ms`` time as ``key=<UTC ISO time>``."""
+    if key.endswith("_ms") and isinstance(value, int) and not isinstance(value, bool):
+        moment = datetime.fromtimestamp(value / 1000, tz=UTC)
+        return f"{key[:-3]}={moment.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return f"{key}={safe_text(str(value))}"
 
 
 def _seg(value: str) -> str:

@@ -276,7 +276,11 @@ class Cell(CellCore):
     async def status(self, message_id: str) -> Status:
         """``queued``, ``accepted``, ``missing``, ``delivered``, ``read``, ``expired`` or
         ``failed``. ``missing``: the recipient reported that it never arrived although later
-        messages did (SPEC.md §9.3); a delivery receipt still moves it to ``delivered``."""
+        messages did (SPEC.md §9.3); a delivery receipt still moves it to ``delivered``.
+        ``failed`` keeps the relay's code in ``OutboxEntry.error``; ``revoked`` there means the
+        recipient was revoked: the relay refused the message, or dropped it from the revoked
+        cell's queue after accepting it and said so (SPEC.md M-REL-20) -- it will never be
+        delivered."""
         row = tables.outbox_row(self._require_store(), _message_id(message_id))
         if row is None:
             raise UnknownMessage()

@@ -430,7 +430,8 @@ def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
 @click.pass_obj
 def outbox(ctx: Context, limit: int) -> None:
     """Recent sends with their status (queued, accepted, missing, delivered, read, expired,
-    failed)."""
+    failed). "failed (recipient revoked)": the recipient was revoked and the relay refused
+    the message or dropped it from its queue undelivered."""
 
     async def go(passphrase: str | None) -> list[OutboxEntry]:
         async with Cell.open(ctx.home, passphrase, connect=False) as opened:
@@ -442,7 +443,8 @@ def outbox(ctx: Context, limit: int) -> None:
         return
     for e in entries:
         stamp = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        error = f" ({safe_text(e.error)})" if e.error else ""
+        reason = "recipient revoked" if e.error == "revoked" else e.error
+        error = f" ({safe_text(reason)})" if reason else ""
         peer = safe_text(e.peer)
         click.echo(f"{stamp} {e.message_id} {peer:<20} {e.precedence:<9} {e.status}{error}")
 

@@ -311,11 +311,14 @@ class CellCore:
                 self._retry_later(frame.ref)
         elif len(frame.ref) == 16:  # about one of our SENDs (M-FRM-6)
             row = tables.outbox_row(store, frame.ref)
-            with store.transaction():
+            with store.transaction():  # also after ACCEPTED: a drop notice (M-CLI-7)
                 tables.outbox_finish(store, frame.ref, "failed", frame.code)
                 if frame.code == f.ErrorCode.REVOKED and row is not None:
                     tables.set_peer_status(store, bytes(row[1]), "revoked")
-            log.warning("the relay refused a message: %s", frame.code)
+            if row is not None and row[2] == "accepted":  # a drop notice: the outbox shows it
+                log.info("the relay dropped an accepted message: %s", frame.code)
+            else:
+                log.warning("the relay refused a message: %s", frame.code)
             self._changed.fire()
         elif len(frame.ref) == 4:
             request_id = int.from_bytes(frame.ref, "big")

@@ -302,7 +302,7 @@ class Runner:
             except LinkFailed:
                 raise
             except Exception:  # a bug must not kill the link loop; the frame is not ACKed
-                log.exception("failed to handle a %s frame", type(frame).__name__)
+                log.exception("failed to handle a frame of type %s", type(frame).__name__)
 
     def _down(self, link: Link) -> None:
         if self.link is link:

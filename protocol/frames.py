@@ -202,7 +202,8 @@ def _check_uint(frame: FrameType, field: str, value: object, bits: int) -> None:
 
 def _check_type(frame: FrameType, field: str, value: object, kind: type) -> None:
     if not isinstance(value, kind):
-        raise _bad(frame, field, f"must be a {kind.__name__}")
+        article = "an" if kind.__name__[0].lower() in "aeiou" else "a"
+        raise _bad(frame, field, f"must be {article} {kind.__name__}")
 
 
 def _check_bytes(frame: FrameType, field: str, value: object, lo: int, hi: int) -> None:

@@ -12,11 +12,13 @@ Each mutating route runs one transaction that makes the change *and* writes its 
 either both happen or neither. Cell status changes follow the table in
 :data:`~liaison.server.directory.TRANSITIONS`; the ``UPDATE`` is conditional on the status read,
 so two concurrent admins cannot both apply a transition. Revoking a cell also deletes, in the
-same transaction, its queued envelopes, its prekeys and its unused enrollment codes.
+same transaction, its queued envelopes (leaving each envelope's sender a ``revoked`` notice,
+SPEC.md M-REL-20), its prekeys and its unused enrollment codes.
 
 Only *after* the commit does the router tell the relay, through ``hooks.on_cell_status`` (the
-relay disconnects a suspended or revoked cell and tells its peers) or ``hooks.on_channels_changed``
-(after a channel is created or deleted). A failing hook is logged and
+relay disconnects a suspended or revoked cell and tells its peers), ``hooks.on_sender_notices``
+(hand the purge notices to senders linked now) or ``hooks.on_channels_changed`` (after a
+channel is created or deleted). A failing hook is logged and
 does not fail the request -- the change is durable, and the relay checks status on every connect.
 
 The router never sees an enrollment code's secret beyond handing it back once: the lead's
@@ -40,7 +42,7 @@ from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import audit
+from . import audit, store
 from .admin_access import add_access_routes
 from .admin_auth import (
     AdminAuth,
@@ -53,6 +55,7 @@ from .admin_models import (
     CellCreate,
     CellCreated,
     CellDetail,
+    CellListed,
     CellSummary,
     ChannelCreate,
     ChannelInfo,
@@ -70,6 +73,7 @@ from .directory import (
     next_status,
     peers_of,
 )
+from .presence import is_online
 from .problems import Problem, ProblemCode, problem_responses, read_bounded_body
 from .schema import (
     cells,
@@ -99,6 +103,11 @@ class AdminHooks(Protocol):
 
     async def on_channels_changed(self) -> None:
         """Called after a channel is created or deleted (the relay may cache pairings)."""
+        ...
+
+    async def on_sender_notices(self, senders: list[bytes]) -> None:
+        """Called after a commit stored notices for ``senders`` (a revoked cell's queue was
+        purged): the relay hands them to those linked now, on any node."""
         ...
 
 
@@ -147,20 +156,45 @@ async def _peer_names(conn: AsyncConnection, cell_id: bytes) -> list[str]:
     return sorted(row.name for row in rows)
 
 
-async def _purge_revoked(conn: AsyncConnection, cell_id: bytes) -> dict[str, int]:
-    """Delete what a revoked cell leaves behind; the counts go to the audit row."""
-    queued = await conn.execute(delete(envelopes).where(envelopes.c.recipient == cell_id))
+async def _code_expiries(conn: AsyncConnection, cell_id: bytes | None) -> dict[bytes, int]:
+    """``{cell id: expiry of its newest unused code}`` for pending cells (one, or all)."""
+    query = (
+        select(enrollment_codes.c.cell_id, func.max(enrollment_codes.c.expires_at_ms))
+        .join(cells, cells.c.id == enrollment_codes.c.cell_id)
+        .where(
+            enrollment_codes.c.used_at_ms.is_(None),
+            cells.c.status == CellStatus.PENDING.value,
+        )
+        .group_by(enrollment_codes.c.cell_id)
+    )
+    if cell_id is not None:
+        query = query.where(enrollment_codes.c.cell_id == cell_id)
+    return {bytes(c): int(ms) for c, ms in await conn.execute(query)}
+
+
+async def _purge_revoked(
+    conn: AsyncConnection, cell_id: bytes, at_ms: int
+) -> tuple[dict[str, int], list[bytes]]:
+    """Delete what a revoked cell leaves behind, leaving each sender of a queued envelope a
+    ``revoked`` notice (M-REL-20); the counts go to the audit row, the senders to the relay."""
+    await conn.execute(delete(expiry_notices).where(expiry_notices.c.sender == cell_id))
+    notices = await store.drop_queue(conn, cell_id, "revoked", at_ms)
     otpks = await conn.execute(
         delete(one_time_prekeys).where(one_time_prekeys.c.cell_id == cell_id)
     )
     await conn.execute(delete(signed_prekeys).where(signed_prekeys.c.cell_id == cell_id))
-    await conn.execute(delete(expiry_notices).where(expiry_notices.c.sender == cell_id))
     await conn.execute(
         delete(enrollment_codes).where(
             enrollment_codes.c.cell_id == cell_id, enrollment_codes.c.used_at_ms.is_(None)
         )
     )
-    return {"purged_envelopes": queued.rowcount, "purged_one_time_prekeys": otpks.rowcount}
+    senders = sorted({n.sender for n in notices})
+    counts = {
+        "purged_envelopes": len(notices),
+        "purged_one_time_prekeys": otpks.rowcount,
+        "senders_notified": len(senders),
+    }
+    return counts, senders
 
 
 def build_admin_router(
@@ -170,14 +204,17 @@ def build_admin_router(
     code_ttl_seconds: int = 24 * 3600,
     limiter: FailureLimiter | None = None,
     clock: Callable[[], float] = time.time,
+    presence_refresh_seconds: float = 60.0,
 ) -> APIRouter:
     """The admin API over ``engine``. Mount it under ``/admin`` (see the module docstring).
 
     ``code_ttl_seconds`` is ``Settings.enrollment_code_ttl_seconds``; ``limiter`` throttles
-    failed authentication (default: 10 failures a minute per address); ``clock`` gives unix
-    seconds, for tests.
+    failed authentication (default: 10 failures a minute per address and per token
+    fingerprint; a valid token always passes); ``clock`` gives unix seconds, for tests;
+    ``presence_refresh_seconds`` is ``Settings.presence_refresh_seconds`` (when a linked cell's
+    ``last_seen`` counts as stale, :mod:`.presence`).
     """
-    auth = AdminAuth(engine, limiter or FailureLimiter())
+    auth = AdminAuth(engine, limiter or FailureLimiter(), clock=clock)
     Admin = Annotated[AdminPrincipal, Depends(auth)]
     router = APIRouter(
         tags=["admin"],
@@ -242,21 +279,43 @@ def build_admin_router(
             code_expires_at=ms_to_datetime(expires_ms),
         )
 
+    def presence(row: Any, codes: dict[bytes, int]) -> dict[str, Any]:
+        code_ms = codes.get(bytes(row.id))
+        return {
+            "online": is_online(
+                row.linked_at_ms, row.last_seen_at_ms, now_ms(), presence_refresh_seconds
+            ),
+            "last_seen_at": None
+            if row.last_seen_at_ms is None
+            else ms_to_datetime(row.last_seen_at_ms),
+            "code_expires_at": None if code_ms is None else ms_to_datetime(code_ms),
+        }
+
     @router.get("/cells")
-    async def list_cells() -> list[CellSummary]:
-        """Every cell, by name."""
+    async def list_cells() -> list[CellListed]:
+        """Every cell, by name, with online / last seen and, if pending, its code's expiry."""
         async with engine.connect() as conn:
-            rows = await conn.execute(select(cells).order_by(cells.c.name))
-            return [CellSummary.of(CellRecord.from_row(row)) for row in rows]
+            rows = (await conn.execute(select(cells).order_by(cells.c.name))).all()
+            codes = await _code_expiries(conn, None)
+        return [
+            CellListed(
+                **CellSummary.of(CellRecord.from_row(row)).model_dump(), **presence(row, codes)
+            )
+            for row in rows
+        ]
 
     @router.get("/cells/{name}", responses=problem_responses(404))
     async def show_cell(name: str) -> CellDetail:
         """One cell, with its channels, queue depth and prekey stock."""
         async with engine.connect() as conn:
-            cell = await _cell_or_404(conn, name)
+            row = (await conn.execute(select(cells).where(cells.c.name == name))).first()
+            if row is None:
+                raise _not_found(f"no cell named {name!r}")
+            cell = CellRecord.from_row(row)
             key = cell.identity_key
             return CellDetail(
                 **CellSummary.of(cell).model_dump(),
+                **presence(row, await _code_expiries(conn, cell.id)),
                 identity_fingerprint=None if key is None else hashlib.sha256(key).hexdigest()[:16],
                 channels=await _peer_names(conn, cell.id),
                 queue_depth=await _count(conn, envelopes, "recipient", cell.id),
@@ -307,8 +366,10 @@ def build_admin_router(
             if changed.rowcount != 1:
                 raise Problem(ProblemCode.INVALID_STATE, f"cell {name!r} changed meanwhile")
             detail: dict[str, object] = {"from": cell.status.value, "to": status.value}
+            senders: list[bytes] = []
             if status is CellStatus.REVOKED:
-                detail.update(await _purge_revoked(conn, cell.id))
+                counts, senders = await _purge_revoked(conn, cell.id, at_ms)
+                detail.update(counts)
             peers = await peers_of(conn, cell.id)
             await audit.record(
                 conn,
@@ -322,6 +383,11 @@ def build_admin_router(
             await hooks.on_cell_status(cell.id, status.value, peers)
         except Exception:
             log.exception("on_cell_status hook failed for cell %s -> %s", name, status.value)
+        if senders:
+            try:
+                await hooks.on_sender_notices(senders)
+            except Exception:  # stored: each sender still gets them when it next connects
+                log.exception("on_sender_notices hook failed after revoking %s", name)
         return CellSummary.of(replace(cell, status=status, status_changed_at_ms=at_ms))
 
     def add_status_route(event: CellEvent, description: str) -> None:
@@ -342,8 +408,9 @@ def build_admin_router(
     add_status_route(CellEvent.RESUME, "Let a suspended cell connect again.")
     add_status_route(
         CellEvent.REVOKE,
-        "Revoke a cell for good: disconnect it, tell its peers, delete its queued envelopes, "
-        "prekeys and unused enrollment codes.",
+        "Revoke a cell for good: disconnect it, tell its peers, delete its queued envelopes "
+        "(telling each sender that its message will not be delivered), prekeys and unused "
+        "enrollment codes.",
     )
 
     # -- channels ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import audit
@@ -68,8 +68,17 @@ def add_access_routes(
             return [TokenInfo.of(row) for row in await conn.execute(query)]
 
     @router.delete("/tokens/{token_id}", responses=problem_responses(404, 409))
-    async def revoke_token(token_id: int, admin: Admin) -> TokenInfo:
-        """Revoke an admin token at once. A token may revoke itself; it then stops working."""
+    async def revoke_token(
+        token_id: int,
+        admin: Admin,
+        force: Annotated[
+            bool,
+            Query(description="Revoke it even if it is the last active admin token."),
+        ] = False,
+    ) -> TokenInfo:
+        """Revoke an admin token at once. A token may revoke itself; it then stops working.
+        The last active token is revoked only with ``force=true`` (409 otherwise): without
+        one, only ``liaison server admin-token`` on the relay's host can make a new one."""
         at_ms = now_ms()
         async with write_transaction(engine) as conn:
             row = (
@@ -83,6 +92,21 @@ def add_access_routes(
                 raise Problem(ProblemCode.NOT_FOUND, f"no admin token with id {token_id}")
             if row.revoked_at_ms is not None:
                 raise Problem(ProblemCode.INVALID_STATE, f"admin token {token_id} is revoked")
+            active = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(admin_tokens)
+                    .where(admin_tokens.c.revoked_at_ms.is_(None))
+                )
+            ).scalar_one()
+            if active <= 1 and not force:
+                raise Problem(
+                    ProblemCode.INVALID_STATE,
+                    f"admin token {token_id} is the last active admin token: revoking it locks "
+                    "every admin out of the API (a new token then needs `liaison server "
+                    "admin-token` on the relay's host); repeat with --force (API: force=true)",
+                    title="Last admin token",
+                )
             await conn.execute(
                 update(admin_tokens)
                 .where(admin_tokens.c.id == token_id)
@@ -94,7 +118,7 @@ def add_access_routes(
                 actor=admin.actor,
                 action="token.revoke",
                 target=row.name,
-                detail={"id": token_id},
+                detail={"id": token_id, "last": active <= 1},
             )
             revoked = (
                 await conn.execute(select(admin_tokens).where(admin_tokens.c.id == token_id))
@@ -106,10 +130,19 @@ def add_access_routes(
     @router.get("/audit")
     async def list_audit(
         limit: Annotated[int, Query(ge=1, le=1000, description="How many entries.")] = 50,
+        action: Annotated[
+            str | None,
+            Query(
+                max_length=64,
+                pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?$",
+                description="Only this action (`cell.revoke`), or a family (`cell.*`).",
+                examples=["cell.revoke", "admin.*"],
+            ),
+        ] = None,
     ) -> list[AuditEntryOut]:
-        """The newest audit entries, newest first."""
+        """The newest audit entries, newest first (only those of ``action`` if given)."""
         async with engine.connect() as conn:
-            entries = await audit.recent(conn, limit)
+            entries = await audit.recent(conn, limit, action=action)
         return [
             AuditEntryOut(
                 id=e.id,

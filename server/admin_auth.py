@@ -9,15 +9,25 @@ relay hashes the presented text and looks the hash up among tokens that are not 
 tokens are high-entropy, a plain hash (no salt, no slow KDF) is enough, and an index lookup on
 the hash leaks nothing useful through timing.
 
-Each failed guess (a bearer token that is unknown or revoked) is counted against the client
-address by a :class:`FailureLimiter`. Once an address has ``max_failures`` failures within
-``window_seconds`` every request from it gets 429 with ``Retry-After`` -- even with a valid
-token -- until the oldest failure leaves the window. A request with no bearer token at all
-(no ``Authorization`` header, or another scheme) is refused with 401 but not counted: it
-guesses nothing, and counting it would let anyone lock out the admins who share an address
-with plain unauthenticated requests. The limiter is in-process: with several relay nodes each
-node counts on its own, which still bounds guessing to ``nodes x max_failures`` per window.
-Behind a reverse proxy the address is the proxy's unless uvicorn is told to trust
+A token that authenticates is always accepted, whatever happened before: failed attempts are
+throttled, never the admins. Each failed guess (a bearer token that is unknown or revoked) is
+counted by a :class:`FailureLimiter` against the client address *and* against the presented
+token's fingerprint (the first 8 hex digits of its SHA-256: a script retrying a revoked token
+from many addresses is throttled too). Once either has ``max_failures`` (10) failures within
+``window_seconds`` (60 s), further *failures* get 429 with ``Retry-After`` instead of 401; a
+request whose token is valid still passes, so anyone behind the same NAT or proxy cannot lock
+the admins out by guessing. A request with no bearer token at all (no ``Authorization``
+header, or another scheme) is refused with 401 and not counted: it guesses nothing.
+
+What makes guessing infeasible is the token, not the limiter: a token is 256 random bits, so
+even at a million guesses a second (far beyond what one relay answers) finding one of ``n``
+live tokens takes about 2^256 / n / 10^6 seconds -- around 10^63 years per live token. The
+limiter bounds what a flood costs: per address or fingerprint, at most 10 failures a minute
+are answered 401 (the rest 429), and at most :data:`AUDIT_FAILURES_PER_MINUTE` failures a
+minute, relay-wide, are written to the audit log (``admin.auth_failed``: address, method,
+path and the fingerprint, never the token), each row counting the failures not recorded
+since the row before. The limiter is in-process: with several relay nodes each node counts on
+its own. Behind a reverse proxy the address is the proxy's unless uvicorn is told to trust
 ``X-Forwarded-For`` (``--forwarded-allow-ips``).
 """
 
@@ -46,6 +56,7 @@ from .problems import Problem, ProblemCode
 from .schema import admin_tokens
 
 __all__ = [
+    "AUDIT_FAILURES_PER_MINUTE",
     "TOKEN_NAME_MAX",
     "TOKEN_NAME_PATTERN",
     "AdminAuth",
@@ -56,6 +67,7 @@ __all__ = [
     "hash_token",
     "insert_admin_token",
     "new_token",
+    "token_fingerprint",
 ]
 
 log = logging.getLogger("liaison.server.admin")
@@ -141,7 +153,8 @@ async def count_admin_tokens(engine: AsyncEngine, *, include_revoked: bool = Fal
 
 
 class FailureLimiter:
-    """Counts authentication failures per client address in a sliding window."""
+    """Counts authentication failures per key (a client address, a token fingerprint) in a
+    sliding window."""
 
     def __init__(
         self,
@@ -155,6 +168,7 @@ class FailureLimiter:
             raise ValueError("max_failures must be >= 1 and window_seconds > 0")
         self.max_failures = max_failures
         self.window_seconds = window_seconds
+        self.clock = clock
         self._clock = clock
         self._max_addresses = max_addresses
         self._failures: dict[str, deque[float]] = {}
@@ -171,7 +185,8 @@ class FailureLimiter:
         return failures
 
     def retry_after(self, address: str) -> int | None:
-        """Whole seconds until ``address`` may try again, or ``None`` if it may try now."""
+        """Whole seconds until failures of ``address`` (any key) are answered 401 again, or
+        ``None`` if it is under the limit."""
         now = self._clock()
         failures = self._recent(address, now)
         if failures is None or len(failures) < self.max_failures:
@@ -198,48 +213,117 @@ _bearer = HTTPBearer(
 )
 
 
+AUDIT_FAILURES_PER_MINUTE = 10
+"""Failed authentications written to the audit log per minute, relay-node-wide (a flood
+cannot fill the database: at most 14,400 rows a day)."""
+
+
+def token_fingerprint(token: str) -> str:
+    """What logs, limits and the audit log know of a presented token: 8 hex digits of its
+    SHA-256 (32 bits: enough to tell tokens apart, nothing towards finding one)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+
+
+class _AuditBudget:
+    """A token bucket of audit rows for failed authentications; counts what it suppresses."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]) -> None:
+        self._per_minute = per_minute
+        self._clock = clock
+        self._tokens = float(per_minute)
+        self._at = clock()
+        self.suppressed = 0
+
+    def take(self) -> bool:
+        now = self._clock()
+        elapsed, self._at = max(0.0, now - self._at), now
+        self._tokens = min(self._per_minute, self._tokens + elapsed * self._per_minute / 60)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
 class AdminAuth:
     """A FastAPI dependency: the :class:`AdminPrincipal` of the request, or a 401/429 problem."""
 
-    def __init__(self, engine: AsyncEngine, limiter: FailureLimiter) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        limiter: FailureLimiter,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit_per_minute: int = AUDIT_FAILURES_PER_MINUTE,
+    ) -> None:
         self._engine = engine
         self._limiter = limiter
+        self._clock = clock
+        self._audit = _AuditBudget(audit_per_minute, limiter.clock)
 
     async def __call__(
         self,
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> AdminPrincipal:
+        if credentials is None:  # guesses nothing: refused, not counted
+            raise Problem(
+                ProblemCode.UNAUTHORIZED,
+                "an admin token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="liaison-admin"'},
+            )
+        query = select(admin_tokens.c.id, admin_tokens.c.name).where(
+            admin_tokens.c.token_hash == hash_token(credentials.credentials),
+            admin_tokens.c.revoked_at_ms.is_(None),
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is not None:  # a valid token always passes (no lock-out of admins)
+            return AdminPrincipal(token_id=row.id, name=row.name)
         address = request.client.host if request.client else "unknown"
-        wait = self._limiter.retry_after(address)
-        if wait is not None:
+        fingerprint = token_fingerprint(credentials.credentials)
+        keys = (f"address:{address}", f"token:{fingerprint}")
+        waits = [w for w in map(self._limiter.retry_after, keys) if w is not None]
+        for key in keys:
+            self._limiter.record_failure(key)
+        log.warning("admin authentication failed from %s (token %s)", address, fingerprint)
+        await self._record(request, address, fingerprint, limited=bool(waits))
+        if waits:
+            wait = max(waits)
             raise Problem(
                 ProblemCode.RATE_LIMITED,
                 f"too many failed authentication attempts; retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
-        principal = None
-        if credentials is not None:
-            query = select(admin_tokens.c.id, admin_tokens.c.name).where(
-                admin_tokens.c.token_hash == hash_token(credentials.credentials),
-                admin_tokens.c.revoked_at_ms.is_(None),
-            )
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(query)).first()
-            if row is not None:
-                principal = AdminPrincipal(token_id=row.id, name=row.name)
-        if principal is None:
-            missing = credentials is None
-            if not missing:  # only a presented token is a guess worth throttling
-                self._limiter.record_failure(address)
-            log.warning("admin authentication failed from %s", address)
-            raise Problem(
-                ProblemCode.UNAUTHORIZED,
-                "an admin token is required" if missing else "unknown or revoked admin token",
-                headers={
-                    "WWW-Authenticate": 'Bearer realm="liaison-admin"'
-                    if missing
-                    else 'Bearer realm="liaison-admin", error="invalid_token"'
-                },
-            )
-        return principal
+        raise Problem(
+            ProblemCode.UNAUTHORIZED,
+            "unknown or revoked admin token",
+            headers={"WWW-Authenticate": 'Bearer realm="liaison-admin", error="invalid_token"'},
+        )
+
+    async def _record(
+        self, request: Request, address: str, fingerprint: str, *, limited: bool
+    ) -> None:
+        """An ``admin.auth_failed`` audit row, within the audit budget (never the token)."""
+        if not self._audit.take():
+            return
+        suppressed, self._audit.suppressed = self._audit.suppressed, 0
+        detail = {
+            "method": request.method,
+            "path": request.url.path[:128],
+            "token_sha256": fingerprint,
+            "rate_limited": limited,
+            "unrecorded_before": suppressed,
+        }
+        try:
+            async with write_transaction(self._engine) as conn:
+                await audit.record(
+                    conn,
+                    at_ms=int(self._clock() * 1000),
+                    actor="unauthenticated",
+                    action="admin.auth_failed",
+                    target=address,
+                    detail=detail,
+                )
+        except Exception as exc:  # the refusal stands without its audit row
+            log.error("could not audit a failed admin authentication: %s", type(exc).__name__)

@@ -19,7 +19,9 @@ __all__ = [
     "CellCreate",
     "CellCreated",
     "CellDetail",
+    "CellListed",
     "CellName",
+    "CellPresence",
     "CellSummary",
     "ChannelCreate",
     "ChannelInfo",
@@ -107,7 +109,33 @@ class CellSummary(BaseModel):
         )
 
 
-class CellDetail(CellSummary):
+class CellPresence(BaseModel):
+    """Where the cell stands now (``GET /cells``, ``GET /cells/{name}``)."""
+
+    online: bool | None = Field(
+        default=None,
+        description="Linked to a relay node now (within a second of link up/down; a node that "
+        "died leaves it online for at most 2.5 presence refresh intervals). Null where not "
+        "reported.",
+    )
+    last_seen_at: datetime | None = Field(
+        default=None,
+        description="When a relay node last saw the cell linked (at most one presence refresh "
+        "interval, 60 s by default, old while it is linked); null if never since the relay "
+        "started recording it.",
+    )
+    code_expires_at: datetime | None = Field(
+        default=None,
+        description="Pending cells: when the current unused enrollment code expires (it may "
+        "be in the past: then issue a new code).",
+    )
+
+
+class CellListed(CellSummary, CellPresence):
+    """A cell in ``GET /cells``."""
+
+
+class CellDetail(CellListed):
     identity_fingerprint: str | None = Field(
         description="First 16 hex digits of SHA-256(identity key); null until enrolled."
     )

@@ -53,6 +53,9 @@ class RelayHooks:
     async def on_channels_changed(self) -> None:
         await self._relay.directory_changed()
 
+    async def on_sender_notices(self, senders: list[bytes]) -> None:
+        await self._relay.notices_stored(senders)
+
 
 async def _tend_heap(stop: asyncio.Event, every: float = 0.25) -> None:
     """Keep full garbage collections short while connections pile up.
@@ -114,6 +117,7 @@ def create_app(
             asyncio.create_task(relay.run_expiry(stop), name="expiry"),
             asyncio.create_task(relay.run_fallback(stop), name="bus-fallback"),
             asyncio.create_task(_tend_heap(stop), name="gc"),
+            asyncio.create_task(relay.presence.run(stop, relay.hub.cells), name="presence"),
         ]
         try:
             yield
@@ -130,13 +134,21 @@ def create_app(
         version="1",
         summary="End-to-end-encrypted store-and-forward relay for liaison cells",
         lifespan=lifespan,
+        # Swagger UI and ReDoc pages fetch their assets from a CDN: only when asked for.
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     app.state.relay = relay
     app.state.settings = settings
     install_problem_handlers(app)
     app.include_router(build_link_router(relay, relay_key))
     app.include_router(
-        build_admin_router(engine, hooks, code_ttl_seconds=settings.enrollment_code_ttl_seconds),
+        build_admin_router(
+            engine,
+            hooks,
+            code_ttl_seconds=settings.enrollment_code_ttl_seconds,
+            presence_refresh_seconds=settings.presence_refresh_seconds,
+        ),
         prefix="/admin",
     )
 

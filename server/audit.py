@@ -9,7 +9,9 @@ such as ``cell.revoke``, ``target`` the name of the object acted on, and ``detai
 object of non-secret fields.
 
 Never pass an enrollment code, an admin token, a hash of either, or key bytes in ``detail``: the
-audit log is meant to be read, exported and shipped to other systems.
+audit log is meant to be read, exported and shipped to other systems. (A failed admin
+authentication, ``admin.auth_failed``, records only 8 hex digits of the SHA-256 of the token
+that failed, so that repeated attempts with one token can be told apart.)
 """
 
 from __future__ import annotations
@@ -62,9 +64,18 @@ async def record(
     )
 
 
-async def recent(conn: AsyncConnection, limit: int) -> list[AuditEntry]:
-    """The newest ``limit`` entries, newest first."""
-    rows = await conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+async def recent(
+    conn: AsyncConnection, limit: int, *, action: str | None = None
+) -> list[AuditEntry]:
+    """The newest ``limit`` entries, newest first; with ``action``, only that action, or a
+    family of actions for ``prefix.*`` (``cell.*``: every ``cell.`` action)."""
+    query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+    if action is not None and action.endswith(".*"):
+        # "_" is a LIKE wildcard: autoescape makes the prefix match literally.
+        query = query.where(audit_log.c.action.startswith(action[:-1], autoescape=True))
+    elif action is not None:
+        query = query.where(audit_log.c.action == action)
+    rows = await conn.execute(query)
     return [
         AuditEntry(
             id=row.id,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -13,7 +16,10 @@ from .settings import Settings
 
 __all__ = ["server"]
 
+EXIT_USAGE = 2
+EXIT_BIND = 3
 EXIT_SCHEMA = 4
+PORT_RANGE = click.IntRange(1, 65535)
 
 
 def _settings(database: str | None, key_file: Path | None, bus: str | None = None) -> Settings:
@@ -63,14 +69,56 @@ database_option = click.option(
 )
 
 
-@click.group()
+class _ServerGroup(click.Group):
+    """Reports a bad argument or setting of a ``server`` command as one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            click.echo(f"liaison: {exc.format_message()}", err=True)
+            raise click.exceptions.Exit(EXIT_USAGE) from None
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)``, as uvicorn would bind it (``SO_REUSEADDR``;
+    IPv6 when the host has a colon). Raises ``OSError`` if the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+@click.group(
+    cls=_ServerGroup,
+    epilog="""\b
+Exit status of server commands:
+  0  success (run: stopped cleanly)
+  2  usage: a bad argument or setting (e.g. --port outside 1-65535)
+  3  run: the address cannot be bound (port in use, no permission)
+  4  the database schema does not match this version (run: liaison server db upgrade)""",
+)
 def server() -> None:
     """Run and administer a relay (needs the [server] extra)."""
 
 
 @server.command("run")
 @click.option("--host", envvar="LIAISON_HOST", default="127.0.0.1", show_default=True)
-@click.option("--port", envvar="LIAISON_PORT", default=8000, show_default=True, type=int)
+@click.option(
+    "--port",
+    envvar="LIAISON_PORT",
+    default=8000,
+    show_default=True,
+    show_envvar=True,
+    type=PORT_RANGE,
+    help="TCP port, 1-65535.",
+)
 @database_option
 @click.option(
     "--key-file",
@@ -88,24 +136,42 @@ def server() -> None:
 )
 def run(host: str, port: int, database: str | None, key_file: Path | None, bus: str | None) -> None:
     """Start the relay. On first start: create the relay key, migrate an empty database and
-    print the relay key fingerprint and a first admin token."""
-    import uvicorn
+    print the relay key fingerprint and a first admin token.
 
-    from liaison.protocol.noise import MAX_MESSAGE_LEN
-
-    from .admin_auth import count_admin_tokens, create_admin_token
-    from .app import create_app
+    The address is bound before anything else happens: with the port in use (or not allowed)
+    the command says so and exits 3, before it creates a key or mints the first admin token."""
     from .bus import BusError, bus_kind
-    from .db import create_engine
-    from .migrate import SchemaMismatch, check_schema, current_revision_async, upgrade_async
-    from .relay_key import fingerprint_text, load_or_create
 
     settings = _settings(database, key_file, bus)
     try:
         bus_kind(settings.bus_url)
     except BusError as exc:
         click.echo(f"liaison: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    try:
+        listener = bind_listener(host, port)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        click.echo(f"liaison: cannot listen on {host}:{port}: {reason}", err=True)
+        sys.exit(EXIT_BIND)
+    try:
+        _serve(settings, listener, host, port)
+    finally:
+        listener.close()
+
+
+def _serve(settings: Settings, listener: socket.socket, host: str, port: int) -> None:
+    import uvicorn
+
+    from liaison.protocol.noise import MAX_MESSAGE_LEN
+
+    from .admin_auth import count_admin_tokens, create_admin_token
+    from .app import create_app
+    from .db import create_engine
+    from .logs import log_config
+    from .migrate import SchemaMismatch, check_schema, current_revision_async, upgrade_async
+    from .relay_key import fingerprint_text, load_or_create
+
     key, created = load_or_create(settings.key_file)
 
     async def prepare() -> str | None:
@@ -131,7 +197,7 @@ def run(host: str, port: int, database: str | None, key_file: Path | None, bus: 
         click.echo(f"admin token: {token}")
     sys.stdout.flush()
     app = create_app(settings, relay_key=key)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -143,9 +209,21 @@ def run(host: str, port: int, database: str | None, key_file: Path | None, bus: 
         # unauthenticated peer cannot make the relay buffer uvicorn's default 16 MiB.
         ws_max_size=MAX_MESSAGE_LEN,
         limit_concurrency=settings.max_connections,
+        log_config=log_config(),
         log_level="info",
         access_log=False,
     )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # uvicorn logs this line itself only when it binds the socket
+                shown = f"[{host}]" if ":" in host else host
+                logging.getLogger("uvicorn.error").info(
+                    "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port
+                )
+
+    Server(config).run(sockets=[listener])
 
 
 @server.group("db")

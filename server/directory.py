@@ -84,7 +84,8 @@ class InvalidTransition(ValueError):
         self.status = status
         self.event = event
         allowed = ", ".join(TRANSITIONS[status]) or "nothing (final)"
-        super().__init__(f"cannot {event.value} a {status.value} cell (allowed: {allowed})")
+        article = "an" if status.value[0] in "aeiou" else "a"
+        super().__init__(f"cannot {event.value} {article} {status.value} cell (allowed: {allowed})")
 
 
 def next_status(status: CellStatus | str, event: CellEvent | str) -> CellStatus:

@@ -59,6 +59,7 @@ from . import dialect, directory, store
 from .bus import RAW_TAG, Bus, MemoryBus
 from .directory import CellStatus
 from .metrics import BATCH_BUCKETS, COMMIT_BUCKETS, WAIT_BUCKETS, Histogram
+from .presence import Presence
 from .settings import Settings
 from .writer import GroupCommitWriter, QueueFull, WriterOverloaded
 
@@ -156,6 +157,8 @@ class Connection:
             asyncio.create_task(self._pump(), name=f"pump-{self.cell.name}"),
             asyncio.create_task(self._watchdog(), name=f"watchdog-{self.cell.name}"),
         ]
+        presence, linked_ms = self.relay.presence, self.linked_at_ns // 1_000_000
+        presence.up(self.cell_id, linked_ms)
         try:
             await self._greet()
             if self._first_frame is not None:
@@ -163,6 +166,7 @@ class Connection:
             await self._reader()
         finally:
             self.relay.hub.unregister(self)
+            presence.down(self.cell_id, linked_ms)
             writer = self._tasks[0]
             if self._closing is not None and not writer.done():
                 # Let the writer flush the ERROR frame that explains the close.
@@ -223,10 +227,11 @@ class Connection:
         await self.socket.close(*(self._closing or (1000, "bye")))
 
     async def send_expiry_notices(self) -> None:
-        """Take this cell's stored expiry notices (final) and send them as EXPIRED frames."""
+        """Take this cell's stored notices (final) and send them: EXPIRED for an expiry, an
+        ERROR with the notice's code and ref = message id for a drop (M-REL-20)."""
         notices = await store.take_expiry_notices(self.relay.engine, self.cell_id)
-        for _sender, message_id, recipient in notices:
-            self.send(f.ExpiredFrame(message_id, recipient))
+        for notice in notices:
+            self.send(notice_frame(notice))
 
     async def _greet(self) -> None:
         await self.send_expiry_notices()
@@ -500,6 +505,20 @@ class Connection:
             await asyncio.sleep(0)  # let the writer run and acks arrive
 
 
+DROP_REASONS = {
+    f.ErrorCode.REVOKED.value: "the recipient was revoked: the relay deleted this accepted "
+    "message undelivered",
+}
+
+
+def notice_frame(notice: store.ExpiryNotice) -> f.Frame:
+    """The frame that tells a sender about an envelope deleted undelivered."""
+    if notice.code is None:
+        return f.ExpiredFrame(notice.message_id, notice.recipient)
+    reason = DROP_REASONS.get(notice.code, "the relay deleted this accepted message undelivered")
+    return f.ErrorFrame(notice.code, ref=notice.message_id, reason=reason)
+
+
 _DELIVER = struct.Struct(">BQ16sQ")
 # One envelope of a delivery batch on the bus: recipient, relay seq, sender, received_at_ms,
 # precedence, envelope length; the envelope bytes follow.
@@ -570,6 +589,7 @@ class Relay:
         self._outbound: list[bytes] = []  # deliveries for other nodes, sent after this tick
         self._outbound_size = 0
         self.metrics = Metrics()
+        self.presence = Presence(engine, settings.presence_refresh_seconds)
         self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
         self.unauthenticated = 0
         self._status: dict[bytes, CellStatus] = {}
@@ -752,18 +772,29 @@ class Relay:
         if elsewhere and not self.bus.local_only:
             await self._publish({"k": "expired", "c": [c.hex() for c in elsewhere]})
         told = []
-        for sender, message_id, recipient in purged:
-            conn = self.hub.get(sender)
+        for notice in purged:
+            conn = self.hub.get(notice.sender)
             if conn is not None:
-                conn.send(f.ExpiredFrame(message_id, recipient))
-                told.append((sender, message_id))
+                conn.send(notice_frame(notice))
+                told.append((notice.sender, notice.message_id))
         if told:
             await store.forget_expiry_notices(self.engine, told)
         return len(purged)
 
+    async def notices_stored(self, senders: list[bytes]) -> None:
+        """Admin hook: notices for ``senders`` were committed (a revoked recipient's queue was
+        purged). Senders linked here take theirs from the store now; a bus hint makes the
+        node holding any other linked sender do the same; the rest get them on connect."""
+        elsewhere = [s for s in senders if self.hub.get(s) is None]
+        if elsewhere and not self.bus.local_only:
+            await self._publish({"k": "expired", "c": [c.hex() for c in elsewhere]})
+        for sender in senders:
+            if self.hub.get(sender) is not None:
+                await self._hand_over_notices(sender)
+
     async def _hand_over_notices(self, sender: bytes) -> None:
-        """Another node purged envelopes of ``sender``, linked here: take its notices from
-        the store (the truth) and send them."""
+        """Notices for ``sender``, linked here, were stored (by this node or another): take
+        them from the store (the truth) and send them."""
         conn = self.hub.get(sender)
         if conn is not None:
             await conn.send_expiry_notices()

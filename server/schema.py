@@ -61,6 +61,12 @@ cells = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("enrolled_at_ms", BigInteger, nullable=True),
     Column("status_changed_at_ms", BigInteger, nullable=False),
+    # Presence (admin ``cell list/show``): ``linked_at_ms`` is the start of the cell's live
+    # link (NULL while it has none); ``last_seen_at_ms`` is refreshed on link up and down and
+    # every ``presence_refresh_seconds`` while linked, so a link left marked by a node that
+    # died shows as offline once it is stale (relay.py, Presence).
+    Column("linked_at_ms", BigInteger, nullable=True),
+    Column("last_seen_at_ms", BigInteger, nullable=True),
     CheckConstraint("status IN ('pending', 'active', 'suspended', 'revoked')", name="status_known"),
 )
 
@@ -151,6 +157,10 @@ delivered = Table(
     Index(None, "expires_at"),
 )
 
+# Notices owed to senders about envelopes the relay deleted undelivered (SPEC.md M-REL-12,
+# M-REL-20): sent on the sender's live link, or when it next connects. ``error_code`` NULL is
+# an expiry (EXPIRED frame); otherwise the notice is ERROR(error_code, ref=message_id), e.g.
+# ``revoked`` for an envelope purged with its revoked recipient's queue.
 expiry_notices = Table(
     "expiry_notices",
     metadata,
@@ -161,6 +171,7 @@ expiry_notices = Table(
     Column("message_id", LargeBinary(16), nullable=False),
     Column("recipient", LargeBinary(16), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("error_code", String(64), nullable=True),
 )
 
 admin_tokens = Table(

@@ -17,7 +17,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./liaison.db"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = 8000  # `server run --port` / LIAISON_PORT is checked by the CLI (1-65535)
     key_file: Path = Path("./liaison-relay.key")
     # Several nodes on one PostgreSQL: the bus carries cross-node hints (bus.py); every
     # ``bus_fallback_seconds`` each node re-reads the store for what a lost hint would have said.
@@ -49,8 +49,15 @@ class Settings(BaseSettings):
     # still sending their headers): beyond it, new ones get HTTP 503 (uvicorn's
     # limit_concurrency). Keep it under the process's open-file limit.
     max_connections: int = Field(default=10000, ge=16)
+    # Presence (admin cell list/show): last_seen of linked cells is refreshed this often; a
+    # cell not refreshed for 2.5 intervals (its node died) shows offline (presence.py).
+    presence_refresh_seconds: float = Field(default=60.0, gt=0, le=3600)
     prekeys_low_threshold: int = Field(default=10, ge=0)
     max_one_time_prekeys: int = Field(default=1000, ge=1)
+
+    # /docs (Swagger UI) and /redoc load their scripts from a public CDN, which a closed network
+    # does not reach: off unless enabled. /openapi.json is always served.
+    api_docs: bool = False
 
     # Enrollment.
     enrollment_code_ttl_seconds: int = Field(default=24 * 3600, ge=60)

@@ -64,6 +64,7 @@ __all__ = [
     "delete_prekeys",
     "delivered_seqs",
     "delivered_seqs_sync",
+    "drop_queue",
     "existing_seqs",
     "existing_seqs_sync",
     "forget_expiry_notices",
@@ -149,11 +150,15 @@ class StoredEnvelope:
 
 
 class ExpiryNotice(NamedTuple):
-    """An envelope from ``sender`` to ``recipient`` expired undelivered."""
+    """An envelope from ``sender`` to ``recipient`` was deleted undelivered: it expired
+    (``code`` None: an EXPIRED frame), or the relay dropped it for the reason ``code`` names
+    (an ERROR frame with that code and ref = message id; ``revoked``: purged with the queue of
+    its revoked recipient, SPEC.md M-REL-20)."""
 
     sender: bytes
     message_id: bytes
     recipient: bytes
+    code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,10 +515,11 @@ async def take_expiry_notices(
                 expiry_notices.c.sender,
                 expiry_notices.c.message_id,
                 expiry_notices.c.recipient,
+                expiry_notices.c.error_code,
             )
         )
         rows = sorted((await conn.execute(stmt)).all())
-        return [ExpiryNotice(s, m, r) for _, s, m, r in rows]
+        return [ExpiryNotice(s, m, r, code) for _, s, m, r, code in rows]
 
 
 async def forget_expiry_notices(bind: Bind, told: Iterable[tuple[bytes, bytes]]) -> int:
@@ -528,14 +534,36 @@ async def forget_expiry_notices(bind: Bind, told: Iterable[tuple[bytes, bytes]])
     return deleted
 
 
+async def drop_queue(bind: Bind, recipient: bytes, code: str, now_ms: int) -> list[ExpiryNotice]:
+    """Delete every envelope queued for ``recipient`` and, in the same transaction, record a
+    notice with ``code`` for each one's sender (M-REL-20: the sender learns its accepted
+    message will never be delivered). Returns the notices recorded, in queue order."""
+    async with _writing(bind) as conn:
+        stmt = (
+            delete(envelopes)
+            .where(envelopes.c.recipient == recipient)
+            .returning(envelopes.c.seq, envelopes.c.sender, envelopes.c.message_id)
+        )
+        dropped = sorted((await conn.execute(stmt)).all())
+        notices = [ExpiryNotice(bytes(s), bytes(m), recipient, code) for _, s, m in dropped]
+        for chunk in _chunks(notices):
+            rows = [
+                {"sender": n.sender, "message_id": n.message_id, "recipient": n.recipient,
+                 "error_code": n.code, "created_at_ms": now_ms}
+                for n in chunk
+            ]  # fmt: skip
+            await conn.execute(expiry_notices.insert(), rows)
+        return notices
+
+
 async def purge_cell_queue(bind: Bind, cell_id: bytes) -> int:
-    """Revocation: delete every envelope queued for ``cell_id`` and the expiry notices it would
-    have collected; return the number of envelopes deleted. Envelopes the cell sent before its
-    revocation stay queued for their recipients (they were authentic when sent)."""
+    """Revocation: delete every envelope queued for ``cell_id`` (telling each sender, see
+    :func:`drop_queue`) and the notices it would have collected; return the number of
+    envelopes deleted. Envelopes the cell sent before its revocation stay queued for their
+    recipients (they were authentic when sent)."""
     async with _writing(bind) as conn:
         await conn.execute(delete(expiry_notices).where(expiry_notices.c.sender == cell_id))
-        result = await conn.execute(delete(envelopes).where(envelopes.c.recipient == cell_id))
-        return result.rowcount
+        return len(await drop_queue(conn, cell_id, "revoked", int(time.time() * 1000)))
 
 
 # --------------------------------------------------------------------------- prekeys

@@ -73,10 +73,15 @@ def test_cells_and_channels_in_human_form(relay: LiveRelay) -> None:
     ok(relay, "cell", "add", "bravo-2")
 
     listing = ok(relay, "cell", "list").splitlines()
-    assert listing[0].split() == ["NAME", "STATUS", "ID", "CREATED", "ENROLLED"]
+    assert listing[0].split() == [
+        "NAME", "STATUS", "ONLINE", "LAST-SEEN", "ID", "CREATED", "ENROLLED", "CODE-EXPIRES"
+    ]  # fmt: skip
     assert [line.split()[0] for line in listing[1:]] == ["alpha", "bravo-2"]
     status_column = listing[0].index("STATUS")
     assert all(line[status_column:].startswith("pending") for line in listing[1:])
+    online_column = listing[0].index("ONLINE")
+    assert all(line[online_column:].startswith("no ") for line in listing[1:])
+    assert all(line.endswith(" UTC") for line in listing[1:])  # the pending codes' expiry
 
     paired = ok(relay, "channel", "add", "alpha", "bravo-2")
     assert paired.startswith("paired ")
@@ -90,6 +95,8 @@ def test_cells_and_channels_in_human_form(relay: LiveRelay) -> None:
     assert shown["identity key"] == "-"
     assert shown["channels"] == "bravo-2"
     assert (shown["queued envelopes"], shown["one-time prekeys"]) == ("0", "0")
+    assert (shown["online"], shown["last seen"]) == ("no", "-")
+    assert shown["code expires"].endswith(" UTC")
 
     fresh = ok(relay, "cell", "code", "alpha")
     assert relay.hooks.codes[-1] in fresh
@@ -137,11 +144,47 @@ def test_tokens_and_audit(relay: LiveRelay) -> None:
     fails(run(relay, "cell", "list", token=made["token"]), 5, "unauthorized")
     fails(run(relay, "token", "revoke", "2"), 4, "invalid_state")
     fails(run(relay, "token", "revoke", "9"), 3, "not_found")
-    audit = ok(relay, "audit").splitlines()
+    audit = ok(relay, "audit", "--action", "token.*").splitlines()
     assert audit[0].split() == ["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"]
     assert "token.revoke" in audit[1]
     assert "id=2" in audit[1]
     assert made["token"] not in "\n".join(audit)
+
+
+def test_audit_renders_times_and_filters_by_action(relay: LiveRelay) -> None:
+    ok(relay, "cell", "add", "alpha")
+    ok(relay, "cell", "add", "bravo")
+    ok(relay, "cell", "code", "alpha")
+    fails(run(relay, "cell", "list", token="not-a-token"), 5, "unauthorized")
+    shown = ok(relay, "audit", "--action", "cell.create").splitlines()
+    assert len(shown) == 3
+    assert all("cell.create" in line for line in shown[1:])
+    assert all(re.search(r" code_expires_at=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", line)
+               for line in shown[1:])  # fmt: skip
+    assert "_ms=" not in "\n".join(shown)
+    family = as_json(relay, "audit", "--action", "cell.*")
+    assert [(e["action"], e["target"]) for e in family] == [
+        ("cell.code", "alpha"),
+        ("cell.create", "bravo"),
+        ("cell.create", "alpha"),
+    ]
+    assert isinstance(family[0]["detail"]["code_expires_at_ms"], int)  # JSON keeps the raw ms
+    [failed] = as_json(relay, "audit", "--action", "admin.auth_failed")
+    assert failed["actor"] == "unauthenticated"
+    assert "not-a-token" not in json.dumps(failed)
+    fails(run(relay, "audit", "--action", "cell.%"), 2, "validation_failed")
+
+
+def test_revoking_the_last_admin_token_needs_force(relay: LiveRelay) -> None:
+    line = fails(run(relay, "token", "revoke", "1"), 4, "invalid_state")
+    assert "last active admin token" in line
+    assert "--force" in line
+    ok(relay, "cell", "list")  # still works
+    result = run(relay, "token", "revoke", "1", "--force")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "revoked admin token 1 (root)\n"
+    assert result.stderr.startswith("warning: ")
+    fails(run(relay, "cell", "list"), 5, "unauthorized")
 
 
 def test_error_exit_statuses(relay: LiveRelay) -> None:

@@ -455,7 +455,7 @@ async def test_reset_payload_in_an_existing_session_is_not_a_reset(tmp_path: Pat
 
 
 async def test_restored_home_skips_one_time_prekey_ids(tmp_path: Path) -> None:
-    """M-CLI-6 / M-KEY-2: ids the lost state may have uploaded are never issued again."""
+    """M-SES-13 / M-KEY-2: ids the lost state may have uploaded are never issued again."""
     async with memory_relay(tmp_path) as relay:
         paris = await relay.new_cell("paris", one_time_prekeys=5)
     saved = tmp_path / "paris.backup"

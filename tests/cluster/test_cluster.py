@@ -245,6 +245,38 @@ async def test_revocation_through_any_node_disconnects_the_cell_within_a_second(
         await peer_link.close()
 
 
+async def test_a_revocation_through_one_node_tells_senders_linked_to_another(
+    tmp_path: Path, pg_url: str, bus_kind: str
+) -> None:
+    """SPEC.md M-REL-20 across nodes: the admin revokes the recipient through node 0; the
+    sender, linked to node 1, is told of each purged envelope at once (the bus hint; the
+    fallback poll is slowed to 30 s so it cannot be what delivers the notice)."""
+    async with world(tmp_path, pg_url, BUS_URLS[bus_kind], 2, **NO_FALLBACK) as w:
+        sender, recipient = RawCell("sender"), RawCell("recipient")
+        for cell in (sender, recipient):
+            _id, code = await w.admin.add_cell(cell.name)
+            await cell.enroll(w.node(1), code)
+        await w.admin.pair("sender", "recipient")
+        link = await sender.connect(w.node(1))
+        bundle = await link.fetch_bundle(recipient)
+        ids = set()
+        for i in range(3):
+            message_id, envelope = sender.seal(recipient, f"queued {i}", bundle=bundle)
+            await link.send(f.SendFrame(envelope))
+            await link.expect(f.AcceptedFrame)
+            ids.add(message_id)
+        await w.admin.action("recipient", "revoke")
+        told: set[bytes] = set()
+        async with asyncio.timeout(10):
+            while len(told) < len(ids):
+                frame = await link.recv(10)
+                if isinstance(frame, f.ErrorFrame):
+                    assert frame.code == f.ErrorCode.REVOKED
+                    told.add(frame.ref)
+        assert told == ids
+        await link.close()
+
+
 async def test_expiry_is_swept_by_one_node_and_the_sender_told_on_its_node(
     tmp_path: Path, pg_url: str, bus_kind: str
 ) -> None:

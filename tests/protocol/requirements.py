@@ -442,8 +442,8 @@ REQUIREMENTS: dict[str, str] = {
     "M-FRM-5": RELAY_AND_CLIENT,
     "M-FRM-6": RELAY,
     # --- §11 relay and client duties ----------------------------------------------------------
-    **{f"M-REL-{n}": RELAY for n in range(1, 20)},
-    **{f"M-CLI-{n}": CLIENT for n in range(1, 6)},
+    **{f"M-REL-{n}": RELAY for n in range(1, 21)},
+    **{f"M-CLI-{n}": CLIENT for n in (*range(1, 6), 7)},
     "M-CLI-6": _tests(
         "tests/client/test_display.py::test_every_control_is_made_visible",
         "tests/client/test_display.py::test_the_issue_forgery_shows_as_one_routine_line",

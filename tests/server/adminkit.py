@@ -64,6 +64,7 @@ class RecordingHooks:
     codes: list[str] = field(default_factory=list)
     calls: list[tuple[bytes, str, list[bytes]]] = field(default_factory=list)
     channel_changes: int = 0
+    notified: list[list[bytes]] = field(default_factory=list)
     fail: bool = False
 
     def new_enrollment_code(self) -> tuple[str, bytes]:
@@ -78,6 +79,11 @@ class RecordingHooks:
 
     async def on_channels_changed(self) -> None:
         self.channel_changes += 1
+        if self.fail:
+            raise RuntimeError("the relay is having a bad day")
+
+    async def on_sender_notices(self, senders: list[bytes]) -> None:
+        self.notified.append(senders)
         if self.fail:
             raise RuntimeError("the relay is having a bad day")
 

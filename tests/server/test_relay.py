@@ -480,3 +480,63 @@ async def test_hello_with_a_payload_is_refused(world: World) -> None:
                               bytes(world.relay.relay_key.public))  # fmt: skip
     code = await _raw_hello(world.relay, initiator.write_hello(b"extra"))
     assert code == f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME]
+
+
+async def _notices(link: Link, count: int) -> dict[bytes, f.ErrorFrame]:
+    """The next ``count`` per-message ERROR frames on ``link`` (PEER_REVOKED skipped)."""
+    got: dict[bytes, f.ErrorFrame] = {}
+    while len(got) < count:
+        frame = await link.recv()
+        if isinstance(frame, f.ErrorFrame):
+            got[frame.ref] = frame
+        elif not isinstance(frame, f.PingFrame | f.PongFrame | f.PrekeysLowFrame
+                            | f.PeerRevokedFrame):  # fmt: skip
+            raise AssertionError(f"expected an ERROR notice, got {frame!r}")
+    return got
+
+
+async def _queue_for_berlin(world: World, paris: Link, count: int) -> list[bytes]:
+    bundle = await paris.fetch_bundle(world.berlin)
+    ids = []
+    for i in range(count):
+        message_id, data = world.paris.seal(world.berlin, f"m{i}", bundle=bundle)
+        await paris.send(f.SendFrame(data))
+        assert (await paris.expect(f.AcceptedFrame)).message_id == message_id
+        ids.append(message_id)
+    return ids
+
+
+async def test_a_linked_sender_is_told_at_once_when_its_queued_messages_are_purged(
+    world: World,
+) -> None:
+    """SPEC.md M-REL-20: revoking berlin deletes what was queued for it, and paris, linked,
+    gets ERROR revoked with each accepted message's id at once (not only PEER_REVOKED)."""
+    paris = await world.paris.connect(world.relay)
+    ids = await _queue_for_berlin(world, paris, 3)
+    await world.admin.action("berlin", "revoke")
+    notices = await _notices(paris, 3)
+    assert set(notices) == set(ids)
+    assert {n.code for n in notices.values()} == {f.ErrorCode.REVOKED}
+    assert all("revoked" in n.reason for n in notices.values())
+    await paris.close()
+    # Taken once: the next link of paris is not told again.
+    again = await world.paris.connect(world.relay)
+    assert isinstance(await again.expect(f.PeerRevokedFrame), f.PeerRevokedFrame)
+    with pytest.raises(TimeoutError):
+        await again.expect(f.ErrorFrame, timeout=0.5)
+    await again.close()
+
+
+async def test_an_offline_sender_is_told_of_purged_messages_when_it_connects(
+    world: World,
+) -> None:
+    """SPEC.md M-REL-20: the notices are stored with the purge and handed over on connect."""
+    paris = await world.paris.connect(world.relay)
+    ids = await _queue_for_berlin(world, paris, 2)
+    await paris.close()
+    await world.admin.action("berlin", "revoke")
+    paris = await world.paris.connect(world.relay)
+    notices = await _notices(paris, 2)
+    assert set(notices) == set(ids)
+    assert {n.code for n in notices.values()} == {f.ErrorCode.REVOKED}
+    await paris.close()
