@@ -16,10 +16,12 @@
                 journal.add(message)                    # so the app skips ids it has
             await cell.confirm(message)                 # handover recorded
 
-Bodies: a ``str`` is sent as TEXT (UTF-8); ``bytes`` as FILE_CHUNK (the raw bytes, no header);
-``content_type="json"`` sends JSON (a ``str``/``bytes`` JSON text, or any JSON-serialisable
-object). Ids are hex strings. Sending to a peer with no session fetches its prekey bundle,
-checks it against the pinned identity (pin on first use) and starts a session; the first
+Bodies: a ``str`` is sent as TEXT (UTF-8); ``bytes`` as FILE_CHUNK (the raw bytes, no header),
+or with ``file_name=`` as FILE (name and bytes, SPEC.md §9.4); ``content_type="json"`` sends
+JSON (a ``str``/``bytes`` JSON text, or any JSON-serialisable object). ``wait_status`` returns
+a status that was reached or raises (``StatusTimeout``, ``SendFailed``, ``MessageExpired``).
+Ids are hex strings. Sending to a peer with no session fetches its prekey bundle, checks it
+against the pinned identity (pin on first use) and starts a session; the first
 message after that carries the session setup. The module ``core`` has the machinery;
 ``receive`` and ``outgoing`` say what each transaction holds.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import sqlite3
 import stat
 import subprocess
@@ -248,6 +249,45 @@ def test_key_change_shown_and_accepted_from_the_cli(
     # A plain verify with a number checks it.
     one_error(run(cli, paris, "verify", peer, wrong), 34)
     assert cli.cell_json(paris, "verify", peer, newer)["verified"] is True
+
+    # On a terminal, --accept-new-key alone shows the numbers and asks.
+    change_identity(relay, cli, peer)
+    code, out = on_a_terminal(cli, paris, b"n\n", "verify", peer, "--accept-new-key")
+    assert code == 34, out
+    assert "new key (not trusted)" in out
+    assert cli.cell_json(paris, "peers")[0]["key_changed"] is True
+    code, out = on_a_terminal(cli, paris, b"y\n", "verify", peer, "--accept-new-key")
+    assert code == 0, out
+    assert f"{peer} verified" in out
+    assert cli.cell_json(paris, "peers")[0]["key_changed"] is False
+
+
+def on_a_terminal(cli: Cli, home: Path, answer: bytes, *args: str) -> tuple[int, str]:
+    """``liaison cell --home HOME ARGS`` with a pseudo-terminal as stdin, stdout and stderr,
+    ``answer`` typed ahead; its exit status and everything it wrote."""
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [LIAISON, "cell", "--home", str(home), *args],
+            env=cli.env, stdin=child, stdout=child, stderr=child,
+        )  # fmt: skip
+        os.close(child)
+        os.write(main, answer)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the child side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = proc.wait(60)
+    finally:
+        os.close(main)
+    out = b"".join(chunks).decode(errors="replace")
+    assert "Traceback" not in out, out
+    return code, out
 
 
 async def test_sdk_key_change_texts_and_number_check(
