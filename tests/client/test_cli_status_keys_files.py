@@ -383,10 +383,18 @@ def test_bytes_and_text_from_stdin(cli: Cli, tmp_path: Path) -> None:
                stdin=blob).returncode == 0  # fmt: skip
     secret = "the text is not on the command line\nsecond line\n"
     assert run(cli, paris, "send", peer, stdin=secret.encode()).returncode == 0
-    first, named, text = listen_json(cli, berlin, 3)
+    inbox = tmp_path / "inbox"
+    first, named, text = listen_json(cli, berlin, 3, "--save-dir", str(inbox))
     assert (first["content_type"], first["file_name"], first["body"]) == ("file", None, blob.hex())
+    assert first["saved_to"] == str(inbox / f"file-{str(first['id'])[:12]}")  # no name: the id
     assert (named["file_name"], named["body"]) == ("blob.bin", blob.hex())
+    assert named["saved_to"] == str(inbox / "blob.bin")
     assert (text["content_type"], text["body"]) == ("text", secret.removesuffix("\n"))
+    assert "saved_to" not in text
+    assert sorted(p.name for p in inbox.iterdir()) == sorted(
+        ["blob.bin", f"file-{str(first['id'])[:12]}"]
+    )
+    assert (inbox / "blob.bin").read_bytes() == blob
 
     # Text on stdin must be UTF-8 and not empty; these are usage errors (2).
     assert run(cli, paris, "send", peer, stdin=b"\xff\xfe").returncode == 2
