@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import inspect
 import os
@@ -75,7 +76,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import uvloop
 
-from liaison.client import Cell, ClientError
+from liaison.client import Cell, ClientError, MessageExpired, SendFailed, StatusTimeout
 
 if TYPE_CHECKING:
     from bench import relay
@@ -289,7 +290,8 @@ class Sdk:
         for p in self.pairs:
             if p.last_id:
                 remaining = max(0.1, deadline - time.perf_counter())
-                await p.sender.wait_status(p.last_id, "delivered", timeout=remaining)
+                with contextlib.suppress(StatusTimeout, SendFailed, MessageExpired):
+                    await p.sender.wait_status(p.last_id, "delivered", timeout=remaining)
         return flow.delivered, time.perf_counter() - started
 
     async def run_phase(self, config: relay.Config, server_pid: int, rate: float | None,

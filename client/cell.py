@@ -16,10 +16,12 @@
                 journal.add(message)                    # so the app skips ids it has
             await cell.confirm(message)                 # handover recorded
 
-Bodies: a ``str`` is sent as TEXT (UTF-8); ``bytes`` as FILE_CHUNK (the raw bytes, no header);
-``content_type="json"`` sends JSON (a ``str``/``bytes`` JSON text, or any JSON-serialisable
-object). Ids are hex strings. Sending to a peer with no session fetches its prekey bundle,
-checks it against the pinned identity (pin on first use) and starts a session; the first
+Bodies: a ``str`` is sent as TEXT (UTF-8); ``bytes`` as FILE_CHUNK (the raw bytes, no header),
+or with ``file_name=`` as FILE (name and bytes, SPEC.md §9.4); ``content_type="json"`` sends
+JSON (a ``str``/``bytes`` JSON text, or any JSON-serialisable object). ``wait_status`` returns
+a status that was reached or raises (``StatusTimeout``, ``SendFailed``, ``MessageExpired``).
+Ids are hex strings. Sending to a peer with no session fetches its prekey bundle, checks it
+against the pinned identity (pin on first use) and starts a session; the first
 message after that carries the session setup. The module ``core`` has the machinery;
 ``receive`` and ``outgoing`` say what each transaction holds.
 """
@@ -44,17 +46,22 @@ from liaison.protocol.errors import LiaisonError
 from liaison.protocol.fingerprint import cell_safety_number, format_safety_number
 from liaison.protocol.session import Session, initiate
 
-from . import channels, outgoing, resets, tables
+from . import channels, files, outgoing, resets, tables
 from .core import CellCore, log
 from .enroll import ENROLL_ONE_TIME_PREKEYS, enroll
 from .errors import (
     ClientError,
     KeyChanged,
+    MessageExpired,
+    MessageTooLarge,
     NotPaired,
     PeerRevoked,
     PeerUnavailable,
     ProtocolFailure,
     RelayUnreachable,
+    SafetyNumberMismatch,
+    SendFailed,
+    StatusTimeout,
     UnknownMessage,
     UnknownPeer,
 )
@@ -180,14 +187,19 @@ class Cell(CellCore):
         ttl: int = 3600,
         marking: str = "",
         content_type: str | None = None,
+        file_name: str | None = None,
     ) -> str:
         """Seal ``body`` for ``peer`` (a name or hex cell id), store it in the outbox and queue
         it for the link; returns the message id. The message is safe once this returns: it is
         resent until the relay accepts it, also across restarts. Returns without waiting on
-        the network (a stalled or reconnecting link delays the sending, not the caller)."""
+        the network (a stalled or reconnecting link delays the sending, not the caller).
+
+        ``file_name`` sends ``body`` (bytes) as a file with that name (one path component,
+        content type FILE, SPEC.md §9.4); the receiver gets it as ``Message.file_name``. A
+        body that fits no envelope raises ``MessageTooLarge`` with ``size`` and ``limit``."""
         store = self._require_store()
         self._raise_fatal()
-        ctype, payload = _encode_body(body, content_type)
+        ctype, payload = _encode_body(body, content_type, file_name)
         prec = parse_precedence(precedence)
         if ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds")
@@ -206,10 +218,13 @@ class Cell(CellCore):
             else:
                 assert new is not None
                 session, row_id = new, None
-            message_id, envelope = outgoing.seal_into_outbox(
-                store, session, row_id, content_type=ctype, payload=payload, precedence=prec,
-                expires_at=int(time.time()) + ttl, marking=marking, pin=pin,
-            )  # fmt: skip
+            try:
+                message_id, envelope = outgoing.seal_into_outbox(
+                    store, session, row_id, content_type=ctype, payload=payload,
+                    precedence=prec, expires_at=int(time.time()) + ttl, marking=marking, pin=pin,
+                )  # fmt: skip
+            except MessageTooLarge as exc:
+                raise _too_large(exc, body, file_name) from None
         self._changed.fire()
         self._queue_transmit(message_id, envelope)  # never waits on the network
         return message_id.hex()
@@ -291,8 +306,13 @@ class Cell(CellCore):
         self, message_id: str, until: str = "delivered", timeout: float | None = None
     ) -> Status:
         """Wait until the status is ``until`` or beyond it (``queued`` < ``accepted`` <
-        ``missing`` < ``delivered`` < ``read``), or final (``expired``, ``failed``); returns
-        the status then, or the current one after ``timeout`` seconds."""
+        ``missing`` < ``delivered`` < ``read``) and return it.
+
+        Raises ``StatusTimeout`` (also a ``TimeoutError``; ``.status`` is the status reached)
+        when ``timeout`` seconds pass first, or the cell is closed while waiting; the message
+        stays in the outbox. A final status that is not ``until`` raises too: ``SendFailed``
+        (``failed``: the relay refused it; ``.reason`` is its code) and ``MessageExpired``
+        (``expired``). ``until="failed"`` / ``"expired"`` waits for that final status."""
         if until not in _RANK and until not in ("expired", "failed"):
             raise ValueError(f"until must be a status, not {until!r}")
         loop = asyncio.get_running_loop()
@@ -300,19 +320,25 @@ class Cell(CellCore):
         while True:
             waiter = self._changed.waiter()
             status = await self.status(message_id)
-            if status in ("expired", "failed") or _RANK.get(status, -1) >= _RANK.get(until, 9):
+            if status == until or _RANK.get(status, -1) >= _RANK.get(until, 9):
                 return status
+            if status == "failed":
+                row = tables.outbox_row(self._require_store(), _message_id(message_id))
+                reason = None if row is None else row[-1]
+                raise SendFailed(message_id, reason, self._refusals.get(message_id, ""))
+            if status == "expired":
+                raise MessageExpired(message_id)
             self._raise_fatal()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                return status
+                raise StatusTimeout(message_id, status, until, timeout)
             try:
                 async with asyncio.timeout(remaining):
                     await waiter.wait()
             except TimeoutError:
-                return await self.status(message_id)
+                continue  # the status is read once more, then the deadline has passed
             if not self._is_open():
-                return status
+                raise StatusTimeout(message_id, status, until, timeout)
 
     def outbox(self, *, limit: int = 100, include_receipts: bool = False) -> list[OutboxEntry]:
         """The most recent sends, oldest first, with their status."""
@@ -411,14 +437,18 @@ class Cell(CellCore):
     def _message(self, store: Store, row: InboxRow) -> Message:
         peer = tables.peer_by_id(store, row.sender)
         body: str | bytes | None = row.body
+        file_name = None
         if row.body is not None and row.content_type in (ContentType.TEXT, ContentType.JSON):
             body = row.body.decode(errors="replace")
+        elif row.body is not None and row.content_type == ContentType.FILE:
+            with contextlib.suppress(ValueError):  # checked on receipt (receive._commit)
+                file_name, body = files.decode_file(row.body)
         sent = None if row.sent_at_ms is None else utc(row.sent_at_ms / 1000)
         return Message(row.message_id.hex(), row.sender.hex() if peer is None else peer.label,
                        row.sender.hex(), body, content_type_name(row.content_type),
                        precedence_name(row.precedence), row.marking, sent,
                        utc(row.received_at_ms / 1000), row.seq, row.read, row.error,
-                       self._mark_one)  # fmt: skip
+                       self._mark_one, file_name=file_name)  # fmt: skip
 
     async def _mark_one(self, message: Message) -> None:
         await self.mark_read(message)
@@ -504,10 +534,17 @@ class Cell(CellCore):
         digits = cell_safety_number(bytes(keys.identity.public), own, identity, row.cell_id)
         return format_safety_number(digits)
 
-    async def verify(self, peer: str, *, accept_new_key: bool = False) -> Peer:
+    async def verify(
+        self, peer: str, *, accept_new_key: bool = False, safety_number: str | None = None
+    ) -> Peer:
         """Record that the safety number with ``peer`` was compared. If the peer's key
         changed, this raises ``KeyChanged`` unless ``accept_new_key``: then the new key is
-        pinned, the old sessions are dropped and messages held by the change are opened."""
+        pinned, the old sessions are dropped and messages held by the change are opened.
+
+        ``safety_number`` (digits; spaces are ignored), if given, must be the number being
+        confirmed — of the new key when one is accepted, else of the pinned key — or this
+        raises ``SafetyNumberMismatch`` and changes nothing (so a key that changed again
+        after the operator compared the number is not accepted by mistake)."""
         store = self._require_store()
         if self.online:
             with contextlib.suppress(RelayUnreachable):
@@ -515,9 +552,13 @@ class Cell(CellCore):
         row = _find_peer(store, peer)
         if row is None:
             raise UnknownPeer(peer)
+        if row.pending_identity is not None and not accept_new_key:
+            raise KeyChanged(row.label)
+        if safety_number is not None:
+            expected = self.safety_number(row.label, new_key=row.pending_identity is not None)
+            if "".join(safety_number.split()) != expected.replace(" ", ""):
+                raise SafetyNumberMismatch(row.label)
         if row.pending_identity is not None:
-            if not accept_new_key:
-                raise KeyChanged(row.label)
             with store.transaction():
                 tables.accept_pending_identity(store, row.cell_id)
                 channels.reset(store, row.cell_id)  # a new identity: a new channel (M-ENV-8)
@@ -641,8 +682,15 @@ def _message_id(text: str) -> bytes:
     return raw
 
 
-def _encode_body(body: Any, content_type: str | None) -> tuple[ContentType, bytes]:
-    """``str`` → TEXT, ``bytes`` → FILE_CHUNK; ``content_type="json"`` → JSON."""
+def _encode_body(
+    body: Any, content_type: str | None, file_name: str | None = None
+) -> tuple[ContentType, bytes]:
+    """``str`` → TEXT, ``bytes`` → FILE_CHUNK (FILE with ``file_name``); ``content_type=
+    "json"`` → JSON."""
+    if file_name is not None:
+        if content_type not in (None, "file") or not isinstance(body, bytes | bytearray):
+            raise TypeError("a file_name goes with a bytes body (content_type 'file')")
+        return ContentType.FILE, files.encode_file(file_name, bytes(body))
     kind = content_type or ("text" if isinstance(body, str) else "file")
     if kind == "json":
         text = body if isinstance(body, str | bytes) else json.dumps(body)
@@ -661,3 +709,20 @@ def _encode_body(body: Any, content_type: str | None) -> tuple[ContentType, byte
             raise TypeError("the body must be str or bytes (or use content_type='json')")
         return (ContentType.TEXT if kind == "text" else ContentType.FILE_CHUNK), data
     raise ValueError(f"content_type must be 'text', 'json' or 'file', not {content_type!r}")
+
+
+def _too_large(exc: MessageTooLarge, body: Any, file_name: str | None) -> MessageTooLarge:
+    """The error for a body that fits no envelope, in the caller's units (a file's bytes)."""
+    if exc.size is None or exc.limit is None:
+        return exc
+    if file_name is None:
+        return MessageTooLarge(
+            f"the message is {exc.size} bytes; at most {exc.limit} bytes fit one message",
+            size=exc.size, limit=exc.limit,
+        )  # fmt: skip
+    overhead = exc.size - len(body)
+    size, limit = len(body), max(0, exc.limit - overhead)
+    return MessageTooLarge(
+        f"the file is {size} bytes; at most {limit} bytes fit one message (larger files are "
+        "not supported yet)", size=size, limit=limit,
+    )  # fmt: skip

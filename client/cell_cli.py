@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
+from . import cell_io
 from .cell import Cell
 from .errors import ClientError, PassphraseRequired
 from .models import Message, OutboxEntry, Peer
@@ -64,10 +65,9 @@ class Context:
                 self.passphrase = click.prompt("passphrase", hide_input=True)
                 return asyncio.run(make(self.passphrase))
         except ClientError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            cell_io.fail(exc)  # one line: the CLI's wording (flags), escaped
         except ValueError as exc:  # the SDK's word for a bad argument (e.g. a long marking)
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {safe_text(str(exc))}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
@@ -98,7 +98,7 @@ def _stamp(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _message_line(message: Message) -> str:
+def _message_line(message: Message, saved: Path | None = None) -> str:
     """One message for the operator's screen. Every peer- or relay-controlled part is made
     terminal-safe (``render``); body lines after the first are indented, so no line of a body
     can look like one of these headers (they start with a date)."""
@@ -111,7 +111,7 @@ def _message_line(message: Message) -> str:
         opened = f"(could not be opened: {safe_text(message.error)})"
         return f"{head} {safe_text(notice) if notice else opened}"
     if isinstance(message.body, bytes):
-        return f"{head} ({message.content_type}, {len(message.body)} bytes)"
+        return f"{head} {cell_io.file_note(message, saved)}"
     return f"{head} {indent_body(message.body or '')}"
 
 
@@ -167,7 +167,9 @@ def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 35 backup cannot be written,
+    27 state in use by another process, 31 status asked for (send --wait) not reached in
+    time, 32 the relay refused the message (send failed), 33 the message expired,
+    34 safety number mismatch (nothing verified or accepted), 35 backup cannot be written,
     36 not a cell backup, 37 the home's state forbids it (restore over an enrolled
     home, seal a sealed one), 38 relocate: the relay at the new URL has another key,
     130 interrupted (Ctrl-C), 1 other.
@@ -228,18 +230,19 @@ def enroll(ctx: Context, server: str, code: str, name: str | None, seal: bool) -
 @click.option(
     "--file",
     "path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="send this file's bytes instead of TEXT",
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+    help="send this file (its bytes and name) instead of TEXT; '-': stdin's bytes",
 )
+@click.option("--file-name", default=None, help="the name to send the file under")
 @click.option("--precedence", type=click.Choice(PRECEDENCES), default="routine", show_default=True)
 @click.option("--ttl", type=click.IntRange(1), default=3600, show_default=True, help="seconds")
 @click.option("--marking", default="", help='classification marking, e.g. "NATO RESTRICTED"')
 @click.option(
     "--wait",
-    type=click.Choice(["accepted", "delivered", "read"]),
-    default="accepted",
-    show_default=True,
-    help="return once the message reached this status",
+    type=click.Choice(["queued", "accepted", "delivered", "read"]),
+    default=None,
+    help="this status must be reached within --timeout, else exit 31 [default: wait for "
+    "accepted, but queued is enough]",
 )
 @click.option("--timeout", type=click.FloatRange(0), default=30.0, show_default=True)
 @click.pass_obj
@@ -248,35 +251,46 @@ def send(
     peer: str,
     text: str | None,
     path: Path | None,
+    file_name: str | None,
     precedence: str,
     ttl: int,
     marking: str,
-    wait: str,
+    wait: str | None,
     timeout: float,
 ) -> None:
     """Send TEXT (or --file) to PEER. The message is stored first and sent until the relay
-    has it, across restarts too."""
-    if (text is None) == (path is None):
-        raise click.UsageError("give either TEXT or --file")
-    body: str | bytes = path.read_bytes() if path is not None else str(text)
+    has it, across restarts too.
 
-    async def go(passphrase: str | None) -> tuple[str, str]:
+    \b
+    The body: TEXT; or, without TEXT, the text piped on stdin (UTF-8, one trailing newline
+    dropped); or --file PATH (the file's bytes and name, --file-name to rename); or --file -
+    (stdin's bytes). One message holds about 61 KB.
+    Without --wait: up to --timeout for "accepted", but "queued" exits 0 too (the message is
+    sent when this cell next connects). --wait LEVEL must be reached within --timeout, else
+    exit 31 ("ID STATUS" is still printed). A refused (32) or expired (33) message always
+    exits non-zero with the reason."""
+    try:
+        body, name = cell_io.read_body(text, path, file_name, marking)
+    except ClientError as exc:
+        cell_io.fail(exc)
+
+    async def go(passphrase: str | None) -> tuple[str, str, ClientError | None]:
         async with Cell.open(ctx.home, passphrase) as opened:
             message_id = await opened.send(
-                peer, body, precedence=precedence, ttl=ttl, marking=marking
+                peer, body, precedence=precedence, ttl=ttl, marking=marking, file_name=name
             )
-            status = await opened.wait_status(message_id, wait, timeout)
-            return message_id, status
+            status, problem = await cell_io.outcome(opened, message_id, wait, timeout)
+            return message_id, status, problem
 
-    message_id, status = ctx.run(go)
+    message_id, status, problem = ctx.run(go)
     if ctx.json:
         click.echo(_dump({"message_id": message_id, "status": status}))
     else:
         click.echo(f"{message_id} {status}")
-        if status == "queued":
-            click.echo(
-                "the relay was not reached; it is sent when this cell next connects", err=True
-            )
+    if problem is not None:
+        cell_io.fail(problem)
+    if not ctx.json and status == "queued":
+        click.echo("the relay was not reached; it is sent when this cell next connects", err=True)
 
 
 @cell.command()
@@ -291,9 +305,20 @@ def send(
     help="also print notices: missing messages (gaps), failed or expired sends, key changes "
     "[default: on, off with --json]",
 )
+@click.option(
+    "--save-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="save received files into DIR (sanitised names, never overwriting)",
+)
 @click.pass_obj
 def listen(
-    ctx: Context, count: int | None, timeout: float | None, no_read: bool, notices: bool | None
+    ctx: Context,
+    count: int | None,
+    timeout: float | None,
+    no_read: bool,
+    notices: bool | None,
+    save_dir: Path | None,
 ) -> None:
     """Print incoming messages and send read receipts. A message counts as handed over only
     once it has been printed (and flushed): after a crash or a kill it is printed again by the
@@ -305,7 +330,14 @@ def listen(
     characters made visible (\\r, \\x1b, <U+202E>). Notice lines (WARNING/NOTICE instead of
     an id) tell of messages from a peer that never arrived although later ones did, sends
     that failed or expired, and changed keys. With --json, each message is one JSON object per
-    line, exact; --json --notices adds notice objects (they have a "notice" key)."""
+    line, exact; --json --notices adds notice objects (they have a "notice" key).
+
+    With --save-dir, a received file is written into DIR first (created 0700 if missing) as a
+    new 0600 file under its sender's name made safe (one path component, no control or bidi
+    characters, no leading dot, at most 120 bytes; "file-ID" without a name), "NAME-1.EXT",
+    ... if taken; the line says "saved to DIR/NAME". A file printed again after a crash is
+    saved again under a new name.
+    """
     show_notices = (not ctx.json) if notices is None else notices
 
     async def go(passphrase: str | None) -> int:
@@ -322,10 +354,14 @@ def listen(
             async def consume() -> None:
                 nonlocal seen
                 async for message in opened.messages(confirm=True):
+                    saved = None if save_dir is None else cell_io.save_received(save_dir, message)
                     if ctx.json:
-                        click.echo(_dump(_message_json(message)))
+                        data = _message_json(message)
+                        if saved is not None:
+                            data["saved_to"] = str(saved)
+                        click.echo(_dump(data))
                     else:
-                        click.echo(_message_line(message))  # click.echo flushes
+                        click.echo(_message_line(message, saved))  # click.echo flushes
                     if not no_read and message.error is None:
                         await message.mark_read()  # confirms it too
                     else:
@@ -392,33 +428,72 @@ async def _refreshed(opened: Cell, refresh: Callable[[], Awaitable[list[Peer]]])
 @click.argument("peer")
 @click.pass_obj
 def safety_number(ctx: Context, peer: str) -> None:
-    """The 60-digit safety number to compare with PEER's operators out of band."""
+    """The 60-digit safety number to compare with PEER's operators out of band. After a
+    key change: the old (pinned) and the new number, labelled (``--json``: ``safety_number``
+    is the pinned key's, ``new_safety_number`` the new key's or null)."""
 
-    async def go(passphrase: str | None) -> str:
+    async def go(passphrase: str | None) -> cell_io.Numbers:
         async with Cell.open(ctx.home, passphrase) as opened:
             await _refreshed(opened, opened.refresh_peers)
-            return opened.safety_number(peer)
+            return cell_io.numbers(opened, peer)
 
-    number = ctx.run(go)
+    found = ctx.run(go)
     if ctx.json:
-        click.echo(_dump({"peer": peer, "safety_number": number.replace(" ", "")}))
+        new = None if found.new is None else found.new.replace(" ", "")
+        click.echo(_dump({"peer": peer, "safety_number": found.current.replace(" ", ""),
+                          "key_changed": new is not None, "new_safety_number": new}))  # fmt: skip
+    elif found.new is not None:
+        cell_io.show_numbers(found)
     else:
-        click.echo(number)
+        click.echo(found.current)
 
 
 @cell.command()
 @click.argument("peer")
-@click.option("--accept-new-key", is_flag=True, help="accept a changed identity key")
+@click.argument("number", nargs=-1)
+@click.option(
+    "--accept-new-key", is_flag=True, help="accept PEER's changed key: its new NUMBER, or --yes"
+)
+@click.option("--yes", "-y", is_flag=True, help="accept the new number shown, without asking")
 @click.pass_obj
-def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
-    """Mark PEER as verified after comparing safety numbers (or accept its new key)."""
+def verify(
+    ctx: Context, peer: str, number: tuple[str, ...], accept_new_key: bool, yes: bool
+) -> None:
+    """Mark PEER as verified after comparing safety numbers (or accept its new key).
 
-    async def go(passphrase: str | None) -> Peer:
+    \b
+    NUMBER, if given (spaces optional): the number you compared; nothing is recorded unless
+    it is the safety number (exit 34). After a key change: --accept-new-key NUMBER accepts the
+    new key if NUMBER is its number; --accept-new-key alone shows old and new numbers and
+    asks (on a terminal), --yes accepts the number shown."""
+    given = cell_io.digits(number)
+
+    async def go(passphrase: str | None) -> Peer | cell_io.Numbers:
         async with Cell.open(ctx.home, passphrase) as opened:
             await _refreshed(opened, opened.refresh_peers)
-            return await opened.verify(peer, accept_new_key=accept_new_key)
+            found = cell_io.numbers(opened, peer)
+            if not accept_new_key or given is not None or found.new is None:
+                return await opened.verify(peer, accept_new_key=accept_new_key,
+                                           safety_number=given)  # fmt: skip
+            cell_io.show_numbers(found, err=ctx.json)
+            if not yes:
+                return found  # asked below, outside the event loop
+            return await opened.verify(peer, accept_new_key=True, safety_number=found.new)
 
     result = ctx.run(go)
+    if isinstance(result, cell_io.Numbers):
+        if not sys.stdin.isatty():
+            cell_io.fail(cell_io.refused(result.peer, "give the NEW number, or --yes"))
+        question = f"does {safe_text(result.peer)}'s operator read out the same NEW number?"
+        if not click.confirm(question, default=False):
+            cell_io.fail(cell_io.refused(result.peer, "you said it does not match"))
+        shown = result.new
+
+        async def accept(passphrase: str | None) -> Peer:
+            async with Cell.open(ctx.home, passphrase) as opened:
+                return await opened.verify(peer, accept_new_key=True, safety_number=shown)
+
+        result = ctx.run(accept)
     if ctx.json:
         click.echo(_dump(asdict(result)))
     else:

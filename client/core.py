@@ -106,6 +106,9 @@ class CellCore:
         # never waits on the network (a stalled link or a reconnect's bring-up).
         self._transmissions: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
         self._transmitter: asyncio.Task[None] | None = None
+        # The relay's explanation of each refused SEND heard by this process (message id hex
+        # -> reason; relay-controlled text), for SendFailed: the outbox keeps only the code.
+        self._refusals: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -315,10 +318,11 @@ class CellCore:
                 tables.outbox_finish(store, frame.ref, "failed", frame.code)
                 if frame.code == f.ErrorCode.REVOKED and row is not None:
                     tables.set_peer_status(store, bytes(row[1]), "revoked")
+            self._refusals[frame.ref.hex()] = frame.reason[:200]
             if row is not None and row[2] == "accepted":  # a drop notice: the outbox shows it
                 log.info("the relay dropped an accepted message: %s", frame.code)
             else:
-                log.warning("the relay refused a message: %s", frame.code)
+                log.info("the relay refused a message: %s", frame.code)  # status failed says it
             self._changed.fire()
         elif len(frame.ref) == 4:
             request_id = int.from_bytes(frame.ref, "big")

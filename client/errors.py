@@ -28,11 +28,20 @@ MessageTooLarge             ``message_too_large``         24   the body fits no 
 UnknownMessage              ``unknown_message``           25   no sent message with that id
 ProtocolFailure             ``protocol_error``            26   the relay broke the protocol
 StateLocked                 ``state_locked``              27   another process holds the file
+StatusTimeout               ``status_timeout``            31   ``wait_status`` timed out first
+SendFailed                  ``send_failed``               32   the relay refused the message
+MessageExpired              ``message_expired``           33   it expired before that status
+SafetyNumberMismatch        ``safety_number_mismatch``    34   the number given is not the one
 BackupFailed                ``backup_failed``             35   a backup cannot be written
 BadBackup                   ``bad_backup``                36   the file is not a cell backup
 StateConflict               ``state_conflict``            37   the home's state forbids it
 RelayMismatch               ``relay_mismatch``            38   relocate: another relay's key
 ==========================  ===========================  ====  =================================
+
+``StatusTimeout`` is also a builtin ``TimeoutError``. ``StatusTimeout``, ``SendFailed`` and
+``MessageExpired`` carry ``message_id`` and ``status`` (the status reached);
+``SafetyNumberMismatch`` carries ``peer``. ``KeyChanged``'s text names the SDK's
+``accept_new_key=True``; the CLI prints its own text naming its flags.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ __all__ = [
     "ClientError",
     "CorruptState",
     "KeyChanged",
+    "MessageExpired",
     "MessageTooLarge",
     "NotEnrolled",
     "NotPaired",
@@ -59,8 +69,11 @@ __all__ = [
     "ProtocolFailure",
     "RelayMismatch",
     "RelayUnreachable",
+    "SafetyNumberMismatch",
+    "SendFailed",
     "StateConflict",
     "StateLocked",
+    "StatusTimeout",
     "UnknownMessage",
     "UnknownPeer",
     "WrongPassphrase",
@@ -103,8 +116,9 @@ class KeyChanged(_PeerError):
     code = "key_changed"
     exit_code = 12
     default_message = (
-        "the identity key of {peer!r} has changed: compare the new safety number, then accept "
-        "it with verify(..., accept_new_key=True)"
+        "the identity key of {peer!r} has changed: compare the new safety number "
+        "(safety_number(peer, new_key=True)) out of band, then accept it with "
+        "verify(peer, accept_new_key=True, safety_number=...)"
     )
 
 
@@ -188,9 +202,18 @@ class PeerUnavailable(_PeerError):
 
 
 class MessageTooLarge(ClientError):
+    """``size``: the body's bytes; ``limit``: the most that fit one message (when known)."""
+
     code = "message_too_large"
     exit_code = 24
     default_message = "the message does not fit the largest envelope"
+
+    def __init__(
+        self, message: str | None = None, *, size: int | None = None, limit: int | None = None
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
 
 
 class UnknownMessage(ClientError):
@@ -209,6 +232,75 @@ class StateLocked(ClientError):
     code = "state_locked"
     exit_code = 27
     default_message = "the cell's state file is locked by another process"
+
+
+class _StatusError(ClientError):
+    """About one sent message: ``message_id`` (hex) and the ``status`` it has."""
+
+    def __init__(self, message_id: str, status: str, message: str | None = None) -> None:
+        self.message_id = message_id
+        self.status = status
+        super().__init__(message or self.default_message)
+
+
+class StatusTimeout(_StatusError, TimeoutError):
+    """``Cell.wait_status`` gave up before the message reached the status asked for: the
+    timeout passed (or the cell was closed). ``until`` is the status waited for, ``status``
+    the one reached; the message is still in the outbox and may get there later."""
+
+    code = "status_timeout"
+    exit_code = 31
+    default_message = "the message did not reach the status asked for in time"
+
+    def __init__(self, message_id: str, status: str, until: str, timeout: float | None) -> None:
+        self.until = until
+        self.timeout = timeout
+        within = "" if timeout is None else f" within {timeout:g} s"
+        super().__init__(
+            message_id, status, f"message {message_id} not {until}{within} (it is {status})"
+        )
+
+
+class SendFailed(_StatusError):
+    """The relay refused the message for good (its status is ``failed``). ``reason`` is the
+    relay's error code (``bad_expiry``, ``queue_full``, ``not_paired``, ``revoked``,
+    ``envelope_too_large``, ...); ``detail`` the relay's explanation, if this process heard
+    it (relay-controlled text: escape it before showing it)."""
+
+    code = "send_failed"
+    exit_code = 32
+    default_message = "the relay refused the message"
+
+    def __init__(self, message_id: str, reason: str | None, detail: str = "") -> None:
+        self.reason = reason or "unknown"
+        self.detail = detail
+        text = f"the relay refused message {message_id}: {self.reason}"
+        super().__init__(message_id, "failed", text + (f" ({detail})" if detail else ""))
+
+
+class MessageExpired(_StatusError):
+    """The message expired (its TTL passed) before it reached the status asked for: the
+    relay dropped it undelivered, or it never left this cell."""
+
+    code = "message_expired"
+    exit_code = 33
+    default_message = "the message expired"
+
+    def __init__(self, message_id: str, detail: str | None = None) -> None:
+        text = f"message {message_id} expired undelivered"
+        super().__init__(message_id, "expired", text + (f" ({detail})" if detail else ""))
+
+
+class SafetyNumberMismatch(_PeerError):
+    """The safety number given to ``Cell.verify(..., safety_number=)`` is not the one with
+    the peer (of its new key, when accepting a changed key): nothing was verified or
+    accepted."""
+
+    code = "safety_number_mismatch"
+    exit_code = 34
+    default_message = (
+        "the number given is not the safety number with {peer!r}: nothing was verified or accepted"
+    )
 
 
 class BackupFailed(ClientError):

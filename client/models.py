@@ -41,6 +41,7 @@ CONTENT_TYPES = {
     ContentType.RECEIPT: "receipt",
     ContentType.FILE_CHUNK: "file",
     ContentType.CONTROL: "control",
+    ContentType.FILE: "file",  # a file with its name (SPEC.md §9.4); FILE_CHUNK: no name
 }
 
 
@@ -137,7 +138,9 @@ class Message:
     """A received message.
 
     ``body`` is a ``str`` for ``text`` and ``json`` messages and ``bytes`` for ``file``
-    messages. A message that could not be opened has ``error`` set (``decrypt_failed``,
+    messages. ``file_name`` is the name a ``file`` came with (``None`` if it had none): the
+    sender's choice, untrusted — never use it as a path as it is (``files.safe_file_name``,
+    ``files.save_file``). A message that could not be opened has ``error`` set (``decrypt_failed``,
     ``key_changed``, ``malformed_body``, ``malformed_envelope``, ``wrong_recipient``) and no
     body; it was acknowledged to the relay so it never blocks the queue (M-CLI-4). The same
     id can be yielded again later with its body: after a key change is accepted, or when the
@@ -164,6 +167,7 @@ class Message:
     _mark_read: Callable[[Message], Awaitable[None]] | None = field(
         default=None, repr=False, compare=False
     )
+    file_name: str | None = None
 
     @property
     def failed(self) -> bool:

@@ -27,7 +27,7 @@ from liaison.protocol.errors import LiaisonError
 from liaison.protocol.errors import MessageTooLarge as ProtocolTooLarge
 from liaison.protocol.session import Session
 
-from . import channels, resets, tables
+from . import channels, files, resets, tables
 from .errors import MessageTooLarge
 from .receive import MAX_RECEIPT_IDS, build_receipt
 from .state import Store
@@ -61,7 +61,9 @@ def seal_into_outbox(
                                 precedence=precedence, expires_at=expires_at,
                                 marking=marking, seq=seq)  # fmt: skip
     except ProtocolTooLarge as exc:
-        raise MessageTooLarge(str(exc)) from None
+        first = session.pending_setup is not None  # the setup block takes room too
+        limit = files.max_payload(marking, first=first)
+        raise MessageTooLarge(str(exc), size=len(payload), limit=limit) from None
     with store.transaction():
         if pin is not None:
             tables.ensure_peer(store, peer)

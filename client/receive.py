@@ -50,7 +50,7 @@ from liaison.protocol.envelope import Body, ContentType, Envelope, Routing, Sess
 from liaison.protocol.errors import DecryptionError, LiaisonError, MalformedData
 from liaison.protocol.session import Session, respond
 
-from . import channels, resets, tables
+from . import channels, files, resets, tables
 from .state import Keys, Store
 
 __all__ = ["MAX_RECEIPT_IDS", "Outcome", "build_receipt", "parse_receipt", "receive"]
@@ -288,10 +288,21 @@ def _commit(
                      error=None if well_formed else "malformed_receipt")  # fmt: skip
         elif body.content_type == ContentType.CONTROL:
             base.add(store, body=body, hidden=True)
+        elif body.content_type == ContentType.FILE and not _file_ok(body.payload):
+            base.add(store, error="malformed_body")  # M-FILE-1: shown as a failure only
+            outcome.shown = True
         else:
             base.add(store, body=body, payload=body.payload)
             outcome.shown = outcome.receipt_due = True
     return outcome
+
+
+def _file_ok(payload: bytes) -> bool:
+    try:
+        files.decode_file(payload)
+    except ValueError:
+        return False
+    return True
 
 
 def _malformed(

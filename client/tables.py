@@ -330,7 +330,7 @@ class InboxRow:
 
 _INBOX_COLUMNS = ("id, sender, message_id, content_type, precedence, body, marking, seq, "
                   "sent_at_ms, received_at_ms, read, error")  # fmt: skip
-_USER_TYPES = "(1, 2, 4)"  # TEXT, JSON, FILE_CHUNK: what messages() and inbox() show
+_USER_TYPES = "(1, 2, 4, 6)"  # TEXT, JSON, FILE_CHUNK, FILE: shown by messages(), inbox()
 
 
 def _inbox(store: Store, row: tuple[Any, ...]) -> InboxRow:

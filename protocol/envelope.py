@@ -109,6 +109,8 @@ class ContentType(enum.IntEnum):
     RECEIPT = 3
     FILE_CHUNK = 4
     CONTROL = 5
+    FILE = 6
+    """A whole small file with its name (SPEC.md §9.4)."""
 
 
 @dataclass(frozen=True, slots=True)

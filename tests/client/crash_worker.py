@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from liaison.client import Cell, Message
+from liaison.client import Cell, Message, MessageExpired, SendFailed, StatusTimeout
 
 ACCEPT_TIMEOUT = 20.0
 
@@ -58,7 +58,11 @@ def ready() -> None:
 async def wait_all_accepted(cell: Cell, journal: Journal) -> None:
     pending = [e.message_id for e in cell.outbox(limit=10_000, include_receipts=True)]
     for message_id in pending:
-        status = await cell.wait_status(message_id, "accepted", ACCEPT_TIMEOUT)
+        status: str
+        try:
+            status = await cell.wait_status(message_id, "accepted", ACCEPT_TIMEOUT)
+        except (StatusTimeout, SendFailed, MessageExpired) as exc:
+            status = exc.status
         if status not in ("accepted", "delivered", "read"):
             journal.write(f"stuck {message_id} {status}")
             raise SystemExit(f"{message_id} is {status} after {ACCEPT_TIMEOUT} s")
@@ -82,8 +86,11 @@ async def send(
         deadline = asyncio.get_running_loop().time() + linger
         for message_id in sent:
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or await cell.wait_status(message_id, "delivered", remaining) \
-                    not in ("delivered", "read"):  # fmt: skip
+            try:
+                if remaining <= 0:
+                    break
+                await cell.wait_status(message_id, "delivered", remaining)
+            except (StatusTimeout, SendFailed, MessageExpired):
                 break
 
 

@@ -34,6 +34,7 @@ from liaison.client import (
     PassphraseRequired,
     PeerRevoked,
     RelayUnreachable,
+    SendFailed,
     UnknownPeer,
     WrongPassphrase,
 )
@@ -312,7 +313,9 @@ async def test_queue_full_marks_failed(tmp_path: Path) -> None:
         await relay.new_cell("berlin", pair_with=("paris",))
         async with relay.open(paris) as cell:
             ids = [await cell.send("berlin", str(i)) for i in range(3)]
-            assert await cell.wait_status(ids[2], "accepted", timeout=5) == "failed"
+            with pytest.raises(SendFailed) as refused:
+                await cell.wait_status(ids[2], "accepted", timeout=5)
+            assert (refused.value.status, refused.value.reason) == ("failed", "queue_full")
             assert [e.error for e in cell.outbox()] == [None, None, "queue_full"]
 
 

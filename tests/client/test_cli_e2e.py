@@ -103,7 +103,8 @@ def test_four_precedences_offline_then_listen_in_precedence_order(cli: Cli, tmp_
     assert len(groups) == 12
     assert all(len(g) == 5 and g.isdigit() for g in groups)
     as_json = cli.cell_json(paris, "safety-number", "e2e-de-berlin")
-    assert as_json == {"peer": "e2e-de-berlin", "safety_number": ours.replace(" ", "")}
+    assert as_json == {"peer": "e2e-de-berlin", "safety_number": ours.replace(" ", ""),
+                       "key_changed": False, "new_safety_number": None}  # fmt: skip
 
     verified = cli.cell_json(paris, "verify", "e2e-de-berlin")
     assert verified["verified"] is True

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from liaison.client import Cell
+from liaison.client import Cell, StatusTimeout
 from liaison.client import channels as ch
 from liaison.client.state import STATE_FILE, Store
 from liaison.protocol import frames as f
@@ -238,7 +238,9 @@ async def test_dropped_message_is_shown_missing_and_reported(pair: Pair) -> None
         [gap] = berlin.gaps("paris")
         assert (gap.peer, gap.first_seq, gap.last_seq, gap.missing) == ("paris", 2, 2, False)
         assert berlin.peer("paris").missing == 0  # still within the grace period
-        assert await paris.wait_status(ids[1], "missing", timeout=0.3) == "accepted"
+        with pytest.raises(StatusTimeout) as early:
+            await paris.wait_status(ids[1], "missing", timeout=0.3)
+        assert early.value.status == "accepted"
         assert await paris.wait_status(ids[1], "missing", timeout=5) == "missing"
         assert [gap.missing for gap in berlin.gaps()] == [True]
         assert berlin.peer("paris").missing == 1
@@ -298,7 +300,9 @@ async def test_lost_receipt_is_sealed_again(pair: Pair) -> None:
         first = await paris.send("berlin", "first")
         await take(berlin, 1)
         await eventually(lambda: len(dropped) == 1)
-        assert await paris.wait_status(first, "delivered", timeout=2 * GRACE) == "accepted"
+        with pytest.raises(StatusTimeout) as early:
+            await paris.wait_status(first, "delivered", timeout=2 * GRACE)
+        assert early.value.status == "accepted"
         await berlin.send("paris", "anything later")  # reveals the gap in berlin's numbers
         await take(paris, 1)
         assert await paris.wait_status(first, "delivered", timeout=5) == "delivered"

@@ -409,6 +409,15 @@ REQUIREMENTS: dict[str, str] = {
         "tests/client/test_gaps.py::test_lost_receipt_is_sealed_again",
         "tests/reliability/test_malicious_relay.py::test_dropped_envelopes_are_detected_both_ways",
     ),
+    # §9.4 client duties (the FILE payload), tested with the SDK and CLI that implement them.
+    "M-FILE-1": _tests(
+        "tests/client/test_cli_status_keys_files.py::test_sdk_file_name_round_trip_and_malformed_file_payload",
+    ),
+    "M-FILE-2": _tests(
+        "tests/client/test_cli_status_keys_files.py::test_file_arrives_with_its_name_and_is_saved",
+        "tests/client/test_cli_status_keys_files.py::test_hostile_file_names_stay_inside_the_directory",
+        "tests/client/test_cli_status_keys_files.py::test_safe_file_name_rules",
+    ),
     # --- §10 frames ---------------------------------------------------------------------------
     "M-FRM-1": _tests(
         "tests/protocol/test_frames.py::test_every_truncation_rejected",

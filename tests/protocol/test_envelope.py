@@ -313,7 +313,7 @@ def test_body_decode_accepts_the_helper_layout() -> None:
         pytest.param(_body_raw(flags=1), id="flags-1"),
         pytest.param(_body_raw(flags=0x80), id="flags-0x80"),
         pytest.param(_body_raw(ctype=0), id="content-type-0"),
-        pytest.param(_body_raw(ctype=6), id="content-type-6"),
+        pytest.param(_body_raw(ctype=7), id="content-type-7"),  # 6 is FILE (§9.4)
         pytest.param(_body_raw(ctype=255), id="content-type-255"),
         pytest.param(_body_raw(marking=b"\xff\xfe"), id="marking-not-utf8"),
         pytest.param(_body_raw(marking=b"ok\xc3"), id="marking-truncated-utf8"),

@@ -40,7 +40,7 @@ import random
 import sys
 from pathlib import Path
 
-from liaison.client import Cell
+from liaison.client import Cell, MessageExpired, SendFailed, StatusTimeout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -99,7 +99,12 @@ async def duplex(
                 journal.write(f"sent {index} {message_id}")
                 await asyncio.sleep(pace * rng.uniform(0.0, 2.0))
             for entry in cell.outbox(limit=1_000_000, include_receipts=True):
-                status = await cell.wait_status(entry.message_id, "accepted", ACCEPT_TIMEOUT)
+                status: str
+                try:
+                    status = await cell.wait_status(entry.message_id, "accepted",
+                                                    ACCEPT_TIMEOUT)  # fmt: skip
+                except (StatusTimeout, SendFailed, MessageExpired) as exc:
+                    status = exc.status
                 if status not in ("accepted", "delivered", "read"):
                     raise SystemExit(f"{entry.message_id} is {status} after {ACCEPT_TIMEOUT} s")
             journal.write("flushed")
