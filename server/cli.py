@@ -114,6 +114,10 @@ def run(host: str, port: int, database: str | None, key_file: Path | None, bus: 
         # unauthenticated peer cannot make the relay buffer uvicorn's default 16 MiB.
         ws_max_size=MAX_MESSAGE_LEN,
         limit_concurrency=settings.max_connections,
+        # Forwarding headers only from the proxies the operator names (uvicorn would otherwise
+        # believe X-Forwarded-For from 127.0.0.1, letting any local client pick its address).
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
         log_level="info",
         access_log=False,
     )
