@@ -210,6 +210,10 @@ def _serve(settings: Settings, listener: socket.socket, host: str, port: int) ->
         ws_max_size=MAX_MESSAGE_LEN,
         limit_concurrency=settings.max_connections,
         log_config=log_config(),
+        # Forwarding headers only from the proxies the operator names (uvicorn would otherwise
+        # believe X-Forwarded-For from 127.0.0.1, letting any local client pick its address).
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
         log_level="info",
         access_log=False,
     )

@@ -38,6 +38,7 @@ from liaison.protocol.link import LinkResponder
 
 from . import audit, directory
 from .dialect import write_transaction
+from .handshake_guard import source_of
 from .problems import Problem, ProblemCode, problem_responses, read_bounded_body
 from .relay import Connection, Relay, SocketLike
 from .relay_key import fingerprint_text
@@ -78,7 +79,6 @@ class StarletteSocket(SocketLike):
 
 def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
     router = APIRouter()
-    settings = relay.settings
     failures = FailedEnrollments()
 
     @router.get("/v1/relay", tags=["link"], summary="The relay's static link key")
@@ -138,26 +138,30 @@ def build_link_router(relay: Relay, relay_key: X25519KeyPair) -> APIRouter:
 
     @router.websocket("/v1/link")
     async def link(ws: WebSocket) -> None:
-        if relay.unauthenticated >= settings.max_unauthenticated:
+        guard = relay.handshakes
+        source = source_of(ws.client.host if ws.client else None)
+        known = guard.is_known(source)
+        # Decided before the first await, so a burst of connections cannot all pass the checks
+        # while none is counted yet (server/handshake_guard.py).
+        refusal = guard.admit(source)
+        if refusal is not None:
             # Refused with the documented close code (SPEC.md §11.7 rate_limited, 4201), which
             # needs an accepted socket: closing before accept() reaches the client only as an
             # HTTP 403, which says nothing about retrying later.
             relay.metrics.refuse(f.ErrorCode.RATE_LIMITED)
             await ws.accept()
             await StarletteSocket(ws).close(
-                f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED], "too many unauthenticated connections"
+                f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED], _REFUSALS[refusal]
             )
             return
-        # Counted before the first await, so a burst of connections cannot all pass the check
-        # above while none is counted yet.
-        relay.unauthenticated += 1
         try:
             await ws.accept()
             conn = await _handshake(relay, relay_key, StarletteSocket(ws))
         finally:
-            relay.unauthenticated -= 1
+            guard.release(source, was_known=known)
         if conn is None:
             return
+        guard.authenticated(source)
         relay.hub.register(conn)
         relay.metrics.connections += 1
         await conn.run()
@@ -169,12 +173,23 @@ async def _handshake(
     relay: Relay, relay_key: X25519KeyPair, socket: StarletteSocket
 ) -> Connection | None:
     settings = relay.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.handshake_timeout_seconds
+    step = settings.hello_timeout_seconds
     try:
-        hello = await asyncio.wait_for(socket.receive_message(), settings.handshake_timeout_seconds)
+        hello = await asyncio.wait_for(socket.receive_message(), min(step, deadline - loop.time()))
     except TimeoutError:
         await socket.close(f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], "handshake timeout")
         return None
     if hello is None:
+        return None
+    # A replayed hello is refused before any Diffie-Hellman or database work: an honest cell
+    # draws a fresh ephemeral key for every attempt (SPEC.md §6.4).
+    if len(hello) >= HELLO_EPHEMERAL_LEN and relay.handshakes.replayed(
+        bytes(hello[:HELLO_EPHEMERAL_LEN])
+    ):
+        relay.metrics.refuse(f.ErrorCode.MALFORMED_FRAME)
+        await socket.close(f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME], "handshake failed")
         return None
     responder = LinkResponder(relay_key.private_bytes())
     try:
@@ -205,7 +220,9 @@ async def _handshake(
     # decrypt (SPEC.md M-LINK-9). The PING invites one.
     await socket.send_bytes(transport.encrypt(f.encode_frame(f.PingFrame(os.urandom(8)))))
     try:
-        first = await asyncio.wait_for(socket.receive_message(), settings.handshake_timeout_seconds)
+        first = await asyncio.wait_for(
+            socket.receive_message(), max(0.0, min(step, deadline - loop.time()))
+        )
     except TimeoutError:
         await socket.close(f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT], "no first frame")
         return None
@@ -218,6 +235,17 @@ async def _handshake(
         return None
     await relay.load_cell(cell.id)
     return Connection(relay, socket, transport, cell, first_frame=first_frame)
+
+
+HELLO_EPHEMERAL_LEN = 32
+"""The hello starts with the initiator's ephemeral public key in clear (Noise IK ``e``)."""
+
+_REFUSALS = {
+    "global": "too many unauthenticated connections",
+    "source": "too many unauthenticated connections from this address",
+    "unknown_pool": "too many unauthenticated connections",
+    "rate": "too many handshakes from this address",
+}
 
 
 def _refusal(cell: directory.CellRecord | None) -> f.ErrorCode | None:

@@ -66,7 +66,8 @@ def render_metrics(relay: Relay, queues: Mapping[int, tuple[int, float]] | None 
     metric("liaison_node_info", "gauge", "This relay node.", 1, f'{{node="{relay.node}"}}')
     metric("liaison_links", "gauge", "Authenticated cell links open now.", len(relay.hub))
     metric("liaison_links_total", "counter", "Cell links authenticated.", m.connections)
-    metric("liaison_unauthenticated", "gauge", "Links in the handshake.", relay.unauthenticated)
+    handshakes = relay.handshakes.in_handshake
+    metric("liaison_unauthenticated", "gauge", "Links in the handshake.", handshakes)
     metric("liaison_envelopes_accepted_total", "counter", "Envelopes stored.", m.accepted)
     metric("liaison_envelopes_duplicate_total", "counter", "Resends stored once.", m.duplicates)
     metric("liaison_envelopes_delivered_total", "counter", "DELIVER frames sent.", m.delivered)

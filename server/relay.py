@@ -58,6 +58,7 @@ from liaison.protocol.link import LinkTransport
 from . import dialect, directory, store
 from .bus import RAW_TAG, Bus, MemoryBus
 from .directory import CellStatus
+from .handshake_guard import HandshakeGuard
 from .metrics import BATCH_BUCKETS, COMMIT_BUCKETS, WAIT_BUCKETS, Histogram
 from .presence import Presence
 from .settings import Settings
@@ -591,7 +592,15 @@ class Relay:
         self.metrics = Metrics()
         self.presence = Presence(engine, settings.presence_refresh_seconds)
         self.quota = (settings.queue_max_messages, settings.queue_max_bytes)
-        self.unauthenticated = 0
+        self.handshakes = HandshakeGuard(
+            limit=settings.max_unauthenticated,
+            per_source=settings.max_unauthenticated_per_address,
+            per_known_source=settings.max_unauthenticated_per_known_address,
+            reserve=int(settings.max_unauthenticated * settings.unauthenticated_reserve_fraction),
+            rate=settings.handshakes_per_address_per_second,
+            burst=settings.handshake_burst_per_address,
+            known_ttl=settings.known_address_ttl_seconds,
+        )
         self._status: dict[bytes, CellStatus] = {}
         self._peers: dict[bytes, frozenset[bytes]] = {}
         self._background: set[asyncio.Task[Any]] = set()

@@ -45,6 +45,24 @@ class Settings(BaseSettings):
     idle_timeout_seconds: float = Field(default=120.0, gt=0)
     ping_interval_seconds: float = Field(default=30.0, gt=0)
     max_unauthenticated: int = Field(default=1024, ge=1)
+    # Handshake admission per source (an IPv4 address or an IPv6 /64; server/handshake_guard.py,
+    # SPEC.md §6.4): slots one source may hold in the handshake at once (more for a source a
+    # cell authenticated from within known_address_ttl_seconds), the share of max_unauthenticated
+    # kept for such known sources, and the handshake rate per source (x10 when known).
+    max_unauthenticated_per_address: int = Field(default=32, ge=1)
+    max_unauthenticated_per_known_address: int = Field(default=256, ge=1)
+    unauthenticated_reserve_fraction: float = Field(default=0.25, ge=0, lt=1)
+    handshakes_per_address_per_second: float = Field(default=20.0, gt=0)
+    handshake_burst_per_address: int = Field(default=64, ge=1)
+    known_address_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # The hello (the first WebSocket message) and the cell's first transport frame must each
+    # come within this many seconds; handshake_timeout_seconds bounds both together.
+    hello_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Addresses of the reverse proxies whose X-Forwarded-For / X-Forwarded-Proto headers are
+    # believed (comma-separated IPs or networks, uvicorn's forwarded_allow_ips; "*" for any).
+    # Unset (the default): no forwarding header is believed, from anywhere, loopback
+    # included; every limit per address counts the connection's own peer address.
+    forwarded_allow_ips: str | None = None
     # Every open connection of the process (links, handshakes, HTTP requests, and requests
     # still sending their headers): beyond it, new ones get HTTP 503 (uvicorn's
     # limit_concurrency). Keep it under the process's open-file limit.

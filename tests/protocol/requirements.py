@@ -230,6 +230,19 @@ REQUIREMENTS: dict[str, str] = {
     ),
     "M-LINK-9": RELAY,
     "M-LINK-10": CLIENT,
+    "M-LINK-11": _tests(
+        "tests/reliability/test_exhaustion.py::test_one_address_cannot_lock_everyone_out",
+        "tests/reliability/test_exhaustion.py::test_many_addresses_leave_room_for_known_ones",
+        "tests/reliability/test_exhaustion.py::test_handshake_rate_per_address",
+        "tests/server/test_handshake_guard.py::test_one_source_gets_its_cap_and_no_more",
+        "tests/server/test_handshake_guard.py::test_unknown_sources_leave_the_reserve_to_known_ones",
+        "tests/server/test_handshake_guard.py::test_rate_per_source_refills_over_time",
+        "tests/server/test_handshake_guard.py::test_sources",
+    ),
+    "M-LINK-12": _tests(
+        "tests/reliability/test_exhaustion.py::test_replayed_hello_is_refused_before_any_work",
+        "tests/server/test_handshake_guard.py::test_replayed_ephemerals_within_the_ttl",
+    ),
     # --- §7 session setup ---------------------------------------------------------------------
     "M-SES-1": _tests(
         "tests/protocol/test_requirements.py::test_ses1_rat3_setup_derivation_and_ratchet_initialisation",

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import websockets
@@ -138,10 +139,14 @@ async def close_links() -> None:
             await _open_links.pop().close()
 
 
-async def connect(cell: RawCell, target: Target, *, timeout: float = 30) -> Link:
-    """Open a Noise link as ``cell`` and send the first frame (a PING) that makes it live."""
+async def connect(
+    cell: RawCell, target: Target, *, timeout: float = 30, source: str | None = None
+) -> Link:
+    """Open a Noise link as ``cell`` and send the first frame (a PING) that makes it live;
+    from the loopback address ``source`` (e.g. ``127.0.0.7``) if given."""
+    extra: dict[str, Any] = {} if source is None else {"local_addr": (source, 0)}
     ws = await websockets.connect(
-        target.ws_url, compression=None, max_size=2**17, open_timeout=timeout
+        target.ws_url, compression=None, max_size=2**17, open_timeout=timeout, **extra
     )
     initiator = LinkInitiator(cell.link_key.private_bytes(), target.relay_public)
     await ws.send(initiator.write_hello())

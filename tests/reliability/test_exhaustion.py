@@ -9,8 +9,13 @@ pair of cells exchanges a sealed message in the middle of the attack:
 * slow handshakes: silent WebSockets, a hello trickled byte by byte or cut in fragments, and a
   hello whose sender never sends its first transport frame -- the handshake timeout closes
   each with ``handshake_timeout`` (4301);
-* a crowd of idle unauthenticated connections: the first ``max_unauthenticated`` are held
-  (until the handshake timeout), every one above is refused with ``rate_limited`` (4201);
+* crowds of idle unauthenticated connections: one address holds at most
+  ``max_unauthenticated_per_address`` handshake slots and many fresh addresses together at
+  most ``max_unauthenticated`` minus the share kept for addresses cells authenticated from;
+  everything above is refused with ``rate_limited`` (4201), and cells from other (or known)
+  addresses link meanwhile;
+* handshakes in a loop from one address: refused with ``rate_limited`` beyond the per-address
+  rate; a replayed hello is closed as a failed handshake without a welcome;
 * a sender flooding one recipient: exactly the quota is accepted, the rest is refused with
   ``queue_full``, and the recipient receives exactly what was accepted;
 * prekey-draining peers: each one-time prekey is served at most once, then bundles come
@@ -72,7 +77,12 @@ STOCK = scaled(20, 200)  # one-time prekeys the drained cell enrolls with
 
 CROWD = scaled(300, 5000)  # idle unauthenticated connections opened
 CROWD_LIMIT = scaled(200, 4000)  # max_unauthenticated of the crowd relay
-CROWD_TIMEOUT = float(scaled(5, 60))  # its handshake timeout: longer than opening the crowd
+CROWD_TIMEOUT = float(scaled(5, 60))  # its hello deadline: longer than opening the crowd
+PER_ADDRESS = scaled(20, 200)  # max_unauthenticated_per_address of the crowd relay
+RESERVE = 0.25  # unauthenticated_reserve_fraction of the crowd relay (the default)
+FLOODER = "127.0.0.2"  # the loopback address one flooding host uses
+STRICT_RATE = 2.0  # handshakes_per_address_per_second of the strict relay
+STRICT_BURST = 15  # handshake_burst_per_address of the strict relay
 ATTACK_CONCURRENCY = 20  # connection attempts in flight at once
 
 T = TypeVar("T")
@@ -128,7 +138,8 @@ def _start(directory: Path, names: list[str], pairs: list[tuple[str, str]],
 @pytest.fixture(scope="module")
 def main_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """One relay for the scenarios that need no crowd: short handshake timeout, small quota."""
-    names = ["ops-a", "ops-b", "flooder", "sink", "drainer-1", "drainer-2", "stock", "big"]
+    names = ["ops-a", "ops-b", "flooder", "sink", "drainer-1", "drainer-2", "stock", "big",
+             "replayed"]  # fmt: skip
     pairs = [("ops-a", "ops-b"), ("flooder", "sink"), ("drainer-1", "stock"),
              ("drainer-2", "stock")]  # fmt: skip
     yield from _start(
@@ -144,7 +155,21 @@ def crowd_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     yield from _start(
         tmp_path_factory.mktemp("exhaustion-crowd"), ["ops-a", "ops-b", "late"],
         [("ops-a", "ops-b")], {},
-        handshake_timeout_seconds=str(CROWD_TIMEOUT), max_unauthenticated=str(CROWD_LIMIT),
+        hello_timeout_seconds=str(CROWD_TIMEOUT), handshake_timeout_seconds=str(CROWD_TIMEOUT * 2),
+        max_unauthenticated=str(CROWD_LIMIT), max_unauthenticated_per_address=str(PER_ADDRESS),
+        unauthenticated_reserve_fraction=str(RESERVE),
+        # caps, not the rate, decide in these scenarios
+        handshakes_per_address_per_second="10000", handshake_burst_per_address=str(CROWD * 2),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def strict_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """A relay with a low handshake rate per address (a burst of ``STRICT_BURST``)."""
+    yield from _start(
+        tmp_path_factory.mktemp("exhaustion-strict"), ["ops-a", "ops-b"], [("ops-a", "ops-b")],
+        {}, handshakes_per_address_per_second=str(STRICT_RATE),
+        handshake_burst_per_address=str(STRICT_BURST),
     )  # fmt: skip
 
 
@@ -505,73 +530,239 @@ async def test_slow_handshakes_are_closed_by_the_handshake_timeout(
     )
 
 
-# -- a crowd of idle unauthenticated connections -----------------------------------------------
+# -- crowds of idle unauthenticated connections ----------------------------------------------
 
 
-async def test_idle_unauthenticated_crowd_is_capped(crowd_relay: Relay, crowd_pair: Pair) -> None:
-    """Of ``CROWD`` idle connections, exactly ``max_unauthenticated`` are held (and closed by
-    the handshake timeout); every other one is refused with rate_limited (4201)."""
-    target = crowd_relay.target
-    rate_limited = f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED]
-    timed_out = f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT]
-    opened_at: dict[int, float] = {}
-    closes: dict[int, tuple[int | None, float]] = {}
+async def _idle_crowd(
+    target: Target, sources: list[str], per_source: int, under_way: asyncio.Event,
+    checks: Callable[[dict[str, list[int | None]]], Coroutine[Any, Any, None]],
+    *, spoof: bool = False,
+) -> dict[str, list[tuple[int | None, float]]]:  # fmt: skip
+    """``per_source`` idle WebSockets from each loopback address of ``sources`` (no hello):
+    once all are open, ``checks`` runs with the close codes received so far (the refusals
+    come right after the upgrade) while the held ones still hold their slots; then every
+    socket is waited out (``spoof``: each claims another address in ``X-Forwarded-For``,
+    which the relay must not believe). Returns, per source, each socket's (close code,
+    seconds open)."""
+    closes: dict[str, list[tuple[int | None, float]]] = {src: [] for src in sources}
+    opened = 0
     in_flight = asyncio.Semaphore(ATTACK_CONCURRENCY)
+    all_open = asyncio.Event()
+    total = len(sources) * per_source
 
-    async def one(index: int) -> None:
+    async def one(source: str) -> None:
+        nonlocal opened
+        claim = {"X-Forwarded-For": f"10.{opened // 250}.{opened % 250}.1"} if spoof else {}
         async with in_flight:
             ws = await websockets.connect(target.ws_url, compression=None, open_timeout=60,
-                                          ping_interval=None)  # fmt: skip
-        opened_at[index] = time.monotonic()
+                                          ping_interval=None, local_addr=(source, 0),
+                                          additional_headers=claim)  # fmt: skip
+        started = time.monotonic()
+        opened += 1
+        if opened == total:
+            all_open.set()
         try:
             code = await expect_close(ws, CROWD_TIMEOUT + 60)
-            closes[index] = (code, time.monotonic() - opened_at[index])
+            closes[source].append((code, time.monotonic() - started))
         finally:
             await ws.close()
 
-    async def attack(under_way: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:  # a failure cancels (and closes) the rest
-            for i in range(CROWD):
-                group.create_task(one(i))
-            await watch_crowd(under_way)
-
-    async def watch_crowd(under_way: asyncio.Event) -> None:
-        while len(opened_at) < CROWD:
-            await asyncio.sleep(0.01)
-            if len(opened_at) >= CROWD // 2:
-                under_way.set()
-        opening = max(opened_at.values()) - min(opened_at.values())
-        assert opening < CROWD_TIMEOUT - 1, f"opening the crowd took {opening:.1f} s"
+    async with asyncio.TaskGroup() as group:  # a failure cancels (and closes) the rest
+        for source in sources:
+            for _ in range(per_source):
+                group.create_task(one(source))
+        await all_open.wait()
         await asyncio.sleep(0.5)  # the refusals arrive right after the upgrade
-        refused_now = sum(1 for code, _t in closes.values() if code == rate_limited)
-        assert refused_now == CROWD - CROWD_LIMIT, Counter(c for c, _t in closes.values())
-        # The refused ones freed no slot: a new connection is refused too.
-        async with websockets.connect(target.ws_url, compression=None) as extra:
-            assert await expect_close(extra, 10) == rate_limited
+        under_way.set()
+        await checks({src: [code for code, _t in got] for src, got in closes.items()})
+    return closes
 
-    watch = await _under_attack(crowd_relay, crowd_pair, "idle crowd", attack)
-    outcome = Counter(code for code, _t in closes.values())
-    assert outcome == {rate_limited: CROWD - CROWD_LIMIT, timed_out: CROWD_LIMIT}, outcome
-    held = [t for code, t in closes.values() if code == timed_out]
+
+async def test_one_address_cannot_lock_everyone_out(crowd_relay: Relay, crowd_pair: Pair) -> None:
+    """One host opens ``CROWD`` idle connections: it holds at most
+    ``max_unauthenticated_per_address`` handshake slots (closed by the hello deadline), every
+    other one is refused with rate_limited (4201) — also when each connection claims another
+    address in ``X-Forwarded-For`` — and meanwhile a cell from another address, one never
+    seen before, links, and the pair exchanges. (Before per-address caps, the host held all
+    ``max_unauthenticated`` slots and every cell was refused.)"""
+    target = crowd_relay.target
+    rate_limited = f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED]
+    timed_out = f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT]
+    linked_during: list[float] = []
+
+    async def checks(codes: dict[str, list[int | None]]) -> None:
+        assert codes[FLOODER].count(rate_limited) == CROWD - PER_ADDRESS, Counter(codes[FLOODER])
+        started = time.monotonic()
+        link = await connect(crowd_relay.cells["late"], target, source="127.0.0.3")
+        await ping(link, b"anyway!!")
+        linked_during.append(time.monotonic() - started)
+        await link.close()
+
+    async def attack(under_way: asyncio.Event) -> None:
+        closes.update(await _idle_crowd(target, [FLOODER], CROWD, under_way, checks, spoof=True))
+
+    closes: dict[str, list[tuple[int | None, float]]] = {}
+    watch = await _under_attack(crowd_relay, crowd_pair, "one address floods", attack)
+    outcome = Counter(code for code, _t in closes[FLOODER])
+    assert outcome == {rate_limited: CROWD - PER_ADDRESS, timed_out: PER_ADDRESS}, outcome
+    held = [t for code, t in closes[FLOODER] if code == timed_out]
     assert min(held) >= CROWD_TIMEOUT * 0.8
     assert max(held) <= CROWD_TIMEOUT + CLOSE_SLACK + 5
-    # Once the crowd is gone, cells connect again.
-    late = crowd_relay.cells["late"]
-    link = await connect(late, target)
-    await ping(link, b"in again")
-    await link.close()
+    assert len(linked_during) == 1
     record(
         SUITE,
-        "idle unauthenticated connections",
+        "one address floods the handshake",
         {
             "connections": CROWD,
             "max_unauthenticated": CROWD_LIMIT,
-            "held_until_handshake_timeout": outcome[timed_out],
+            "per_address_cap": PER_ADDRESS,
+            "held_until_hello_deadline": outcome[timed_out],
+            "refused_rate_limited": outcome[rate_limited],
+            "other_address_link_ms": round(linked_during[0] * 1000),
+            "healthz_polls": watch.report.count,
+            "healthz_slowest_ms": watch.report.slowest_ms,
+        },
+        {
+            "over_cap_accepted": 0,
+            "other_address_refused": 0,
+            "undocumented_close": 0,
+            "healthz_slow_or_failed": 0,
+        },
+    )
+
+
+async def test_many_addresses_leave_room_for_known_ones(
+    crowd_relay: Relay, crowd_pair: Pair
+) -> None:
+    """Hosts on many fresh addresses fill their share of the handshake slots: together they
+    hold ``max_unauthenticated`` minus the reserve, a further fresh address is refused with
+    rate_limited (4201), and a cell from an address that authenticated before (the pair's)
+    still links while the crowd holds its slots."""
+    target = crowd_relay.target
+    rate_limited = f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED]
+    timed_out = f.CLOSE_CODES[f.ErrorCode.HANDSHAKE_TIMEOUT]
+    sources = [f"127.0.1.{i}" for i in range(1, CROWD_LIMIT // PER_ADDRESS + 3)]
+    unknown_pool = CROWD_LIMIT - int(CROWD_LIMIT * RESERVE)
+    results: dict[str, object] = {}
+
+    async def checks(codes: dict[str, list[int | None]]) -> None:
+        refused = sum(c.count(rate_limited) for c in codes.values())
+        assert refused == len(sources) * PER_ADDRESS - unknown_pool, refused
+        fresh = await websockets.connect(target.ws_url, compression=None,
+                                         local_addr=("127.0.2.1", 0))  # fmt: skip
+        async with fresh:
+            results["fresh"] = await expect_close(fresh, 10)
+        link = await connect(crowd_relay.cells["late"], target)  # from 127.0.0.1: known
+        await ping(link, b"reserved")
+        await link.close()
+        results["known_linked"] = True
+
+    async def attack(under_way: asyncio.Event) -> None:
+        closes.update(await _idle_crowd(target, sources, PER_ADDRESS, under_way, checks))
+
+    closes: dict[str, list[tuple[int | None, float]]] = {}
+    watch = await _under_attack(crowd_relay, crowd_pair, "many addresses flood", attack)
+    outcome = Counter(code for got in closes.values() for code, _t in got)
+    refused = len(sources) * PER_ADDRESS - unknown_pool
+    assert outcome == {timed_out: unknown_pool, rate_limited: refused}, outcome
+    assert results == {"fresh": rate_limited, "known_linked": True}
+    record(
+        SUITE,
+        "many addresses flood the handshake",
+        {
+            "addresses": len(sources),
+            "connections": len(sources) * PER_ADDRESS,
+            "max_unauthenticated": CROWD_LIMIT,
+            "reserved_for_known": CROWD_LIMIT - unknown_pool,
+            "held_by_the_crowd": outcome[timed_out],
             "refused_rate_limited": outcome[rate_limited],
             "healthz_polls": watch.report.count,
             "healthz_slowest_ms": watch.report.slowest_ms,
         },
-        {"over_limit_accepted": 0, "undocumented_close": 0, "healthz_slow_or_failed": 0},
+        {"reserve_taken": 0, "known_address_refused": 0, "healthz_slow_or_failed": 0},
+    )
+
+
+async def test_handshake_rate_per_address(strict_relay: Relay) -> None:
+    """A host that opens handshakes in a loop (each with a hello that fails) gets its burst,
+    then rate_limited (4201) for everything beyond the per-address rate; a cell from another
+    address links meanwhile."""
+    target = strict_relay.target
+    rate_limited = f.CLOSE_CODES[f.ErrorCode.RATE_LIMITED]
+    codes: list[int | None] = []
+    in_flight = asyncio.Semaphore(ATTACK_CONCURRENCY)
+    attempts = STRICT_BURST * 4
+    hello_size = len(LinkInitiator(X25519KeyPair.generate().private_bytes(),
+                                   target.relay_public).write_hello())  # fmt: skip
+
+    async def one(index: int) -> None:
+        async with in_flight:
+            ws = await websockets.connect(target.ws_url, compression=None,
+                                          local_addr=("127.0.0.4", 0))  # fmt: skip
+            async with ws:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.send(os.urandom(hello_size))  # a hello that fails: 4000
+                codes.append(await expect_close(ws, 30))
+
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as group:
+        for i in range(attempts):
+            group.create_task(one(i))
+    elapsed = time.monotonic() - started
+    limited = codes.count(rate_limited)
+    allowed_at_most = STRICT_BURST + int(elapsed * STRICT_RATE) + 1
+    assert attempts - limited <= allowed_at_most, (Counter(codes), elapsed)
+    assert limited >= attempts - allowed_at_most > 0
+    assert set(codes) <= {rate_limited, f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME]}, Counter(codes)
+    link = await connect(strict_relay.cells["ops-a"], target, source="127.0.0.5")
+    await ping(link, b"not me!!")
+    await link.close()
+    record(
+        SUITE,
+        "handshake rate per address",
+        {
+            "attempts": attempts,
+            "rate_per_s": int(STRICT_RATE),
+            "burst": STRICT_BURST,
+            "refused_rate_limited": limited,
+            "milliseconds": round(elapsed * 1000),
+        },
+        {"over_rate_admitted": 0, "other_address_refused": 0},
+    )
+
+
+async def test_replayed_hello_is_refused_before_any_work(main_relay: Relay) -> None:
+    """A recorded hello of an enrolled cell, sent again: the first use is answered with a
+    welcome, every replay is closed as a failed handshake (4001) without a welcome — no
+    Diffie-Hellman, no database look-up is spent on it — and the cell itself still links."""
+    target = main_relay.target
+    cell = main_relay.cells["replayed"]
+    hello = LinkInitiator(cell.link_key.private_bytes(), target.relay_public).write_hello()
+    replays = scaled(30, 500)
+    answers: list[tuple[bool, int | None]] = []
+    for _ in range(1 + replays):
+        async with websockets.connect(target.ws_url, compression=None) as ws:
+            await ws.send(hello)
+            welcomed = False
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(30):
+                    welcomed = isinstance(await ws.recv(), bytes)
+            if welcomed:
+                await ws.close()
+                answers.append((True, None))
+            else:
+                answers.append((False, await expect_close(ws, 30)))
+    malformed = f.CLOSE_CODES[f.ErrorCode.MALFORMED_FRAME]
+    assert answers[0] == (True, None)
+    assert answers[1:] == [(False, malformed)] * replays
+    link = await connect(cell, target)
+    await ping(link, b"real one")
+    await link.close()
+    record(
+        SUITE,
+        "replayed hellos",
+        {"replays": replays, "refused_without_welcome": replays},
+        {"replay_answered": 0},
     )
 
 
