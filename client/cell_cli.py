@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 import click
 
+from . import cli_ops, listening
 from .cell import Cell
 from .errors import ClientError, PassphraseRequired
+from .listening import STALE_NOTE, local_note
 from .models import Message, OutboxEntry, Peer
 
 __all__ = ["cell"]
@@ -104,7 +106,15 @@ def cell(ctx: click.Context, home: Path, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 1 other.
+    27 state in use by another process, 28 another process is receiving (listen),
+    29 another process holds the link (SDK), 30 the process holding the link did not answer,
+    1 other.
+
+    \b
+    While a process holds this home's link (a running listen), the other commands hand their
+    work to it over <home>/cell.sock and print the same output. With the relay down, send
+    stores the message and prints queued; peers, safety-number, verify, outbox, history and
+    inbox work from local state (a note on stderr says it may be stale).
     """
     import os
 
@@ -178,14 +188,14 @@ def send(
     if (text is None) == (path is None):
         raise click.UsageError("give either TEXT or --file")
     body: str | bytes = path.read_bytes() if path is not None else str(text)
+    params: dict[str, Any] = {"peer": peer, "precedence": precedence, "ttl": ttl,
+                              "marking": marking, "wait": wait, "timeout": timeout}  # fmt: skip
+    params |= {"text": body} if isinstance(body, str) else {"hex": body.hex()}
 
     async def go(passphrase: str | None) -> tuple[str, str]:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            message_id = await opened.send(
-                peer, body, precedence=precedence, ttl=ttl, marking=marking
-            )
-            status = await opened.wait_status(message_id, wait, timeout)
-            return message_id, status
+        # Stored first, then sent: here, or by the process holding this home's link.
+        result = await cli_ops.run_op(ctx.home, passphrase, "send", params)
+        return result["message_id"], result["status"]
 
     message_id, status = ctx.run(go)
     if ctx.json:
@@ -212,7 +222,8 @@ def listen(ctx: Context, count: int | None, timeout: float | None, no_read: bool
 
     async def go(passphrase: str | None) -> int:
         seen = 0
-        async with Cell.open(ctx.home, passphrase) as opened:
+        # The one receiver of this home (else 28); waits out relay outages (listening.py).
+        async with listening.receiver(ctx.home, passphrase) as opened:
 
             async def consume() -> None:
                 nonlocal seen
@@ -244,8 +255,9 @@ def peers(ctx: Context) -> None:
     """The cells this cell shares a channel with, and their verification state."""
 
     async def go(passphrase: str | None) -> list[Peer]:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            return await _refreshed(opened, opened.refresh_peers)
+        result = await cli_ops.run_op(ctx.home, passphrase, "peers", {})
+        _stale_note(result)
+        return [Peer(**p) for p in result["peers"]]
 
     listed = ctx.run(go)
     if ctx.json:
@@ -260,14 +272,9 @@ def peers(ctx: Context) -> None:
         click.echo(f"{p.name:<24} {p.status:<10} {verified:<9} {p.cell_id}")
 
 
-async def _refreshed(opened: Cell, refresh: Callable[[], Awaitable[list[Peer]]]) -> list[Peer]:
-    """Fresh from the relay when it answers within a few seconds, else the cached list."""
-    try:
-        await opened.wait_connected(5.0)
-        async with asyncio.timeout(5.0):
-            return await refresh()
-    except (TimeoutError, ClientError):
-        return opened.peers()
+def _stale_note(result: dict[str, Any]) -> None:
+    if result.get("stale"):
+        click.echo(STALE_NOTE, err=True)
 
 
 @cell.command("safety-number")
@@ -277,9 +284,9 @@ def safety_number(ctx: Context, peer: str) -> None:
     """The 60-digit safety number to compare with PEER's operators out of band."""
 
     async def go(passphrase: str | None) -> str:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            await _refreshed(opened, opened.refresh_peers)
-            return opened.safety_number(peer)
+        result = await cli_ops.run_op(ctx.home, passphrase, "safety_number", {"peer": peer})
+        _stale_note(result)
+        return str(result["safety_number"])
 
     number = ctx.run(go)
     if ctx.json:
@@ -296,9 +303,10 @@ def verify(ctx: Context, peer: str, accept_new_key: bool) -> None:
     """Mark PEER as verified after comparing safety numbers (or accept its new key)."""
 
     async def go(passphrase: str | None) -> Peer:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            await _refreshed(opened, opened.refresh_peers)
-            return await opened.verify(peer, accept_new_key=accept_new_key)
+        params = {"peer": peer, "accept_new_key": accept_new_key}
+        result = await cli_ops.run_op(ctx.home, passphrase, "verify", params)
+        _stale_note(result)
+        return Peer(**result["peer"])
 
     result = ctx.run(go)
     if ctx.json:
@@ -316,7 +324,9 @@ def outbox(ctx: Context, limit: int) -> None:
 
     async def go(passphrase: str | None) -> list[OutboxEntry]:
         async with Cell.open(ctx.home, passphrase, connect=False) as opened:
-            return opened.outbox(limit=limit)
+            entries = opened.outbox(limit=limit)
+        local_note(ctx.home)
+        return entries
 
     entries = ctx.run(go)
     if ctx.json:
@@ -326,3 +336,6 @@ def outbox(ctx: Context, limit: int) -> None:
         error = f" ({e.error})" if e.error else ""
         stamp = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{stamp} {e.message_id} {e.peer:<20} {e.precedence:<9} {e.status}{error}")
+
+
+from . import cell_history  # noqa: E402, F401 - registers ``history`` and ``inbox`` on ``cell``

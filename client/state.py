@@ -47,7 +47,15 @@ from liaison.protocol.keys import IdentityKeyPair, KemKeyPair, X25519KeyPair
 
 from .errors import CorruptState, NotEnrolled, PassphraseRequired, StateLocked, WrongPassphrase
 
-__all__ = ["CHANNEL_SCHEMA", "SCHEMA", "STATE_FILE", "Keys", "Store"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "CHANNEL_SCHEMA",
+    "SCHEMA",
+    "SEALED_COLUMNS",
+    "STATE_FILE",
+    "Keys",
+    "Store",
+]
 
 STATE_FILE = "cell.db"
 SCHEMA_VERSION = 1
@@ -99,7 +107,9 @@ CREATE TABLE outbox (
     status TEXT NOT NULL,              -- queued | accepted | delivered | read | expired | failed
     relay_seq INTEGER,
     error TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    body BLOB,                         -- sealed payload as sent (history); NULL for receipts
+    marking BLOB                       -- sealed marking as sent
 );
 CREATE INDEX outbox_status ON outbox (status, id);
 CREATE TABLE inbox (                   -- also the set of processed (sender, message id)
@@ -153,6 +163,26 @@ CREATE TABLE IF NOT EXISTS gaps (      -- seqs from a peer not opened although a
 """
 """Channel bookkeeping (gap detection). Every statement is idempotent: it is part of a new
 state file and is run again when an older one is opened, so files from before it gain it."""
+
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("outbox", "body", "BLOB"),
+    ("outbox", "marking", "BLOB"),
+)
+"""``(table, column, type)`` added to ``SCHEMA`` after state files were in use: opening an
+older file adds every missing one (``ALTER TABLE ... ADD COLUMN``, NULL in existing rows)."""
+
+SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("meta", "value"),  # only the row key = 'canary'
+    ("secrets", "value"),
+    ("one_time_prekeys", "private"),
+    ("sessions", "state"),
+    ("inbox", "body"),
+    ("inbox", "marking"),
+    ("outbox", "body"),
+    ("outbox", "marking"),
+)
+"""Every ``(table, column)`` whose non-NULL values are ``Store.seal``-ed (the canary only for
+``meta``): what resealing under a new passphrase must cover. A new sealed column goes here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +385,19 @@ class Store:
         if not {"channels", "channel_sent", "gaps"} <= tables:
             with self.transaction():
                 for statement in _statements(CHANNEL_SCHEMA):
+                    self.execute(statement)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Upgrade an older file in place: add the ``ADDED_COLUMNS`` it lacks."""
+        missing = []
+        for table, column, kind in ADDED_COLUMNS:
+            have = {str(row[1]) for row in self.query(f"PRAGMA table_info({table})")}
+            if column not in have:
+                missing.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if missing:
+            with self.transaction():
+                for statement in missing:
                     self.execute(statement)
 
     def close(self) -> None:

@@ -76,12 +76,16 @@ def _base_env() -> dict[str, str]:
 
 
 @contextmanager
-def relay_process(directory: Path, **settings: str) -> Iterator[RelayProcess]:
+def relay_process(
+    directory: Path, *, port: int | None = None, admin_token: str = "", **settings: str
+) -> Iterator[RelayProcess]:
     """``liaison server run`` on 127.0.0.1:<free port>, state in ``directory``.
 
-    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay."""
+    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay. To restart a
+    relay on its state, give its ``port`` and ``admin_token`` (printed only on a first start).
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port() if port is None else port
     log = directory / "relay.log"
     env = _base_env() | {f"LIAISON_{k.upper()}": v for k, v in settings.items()}
     command = [
@@ -93,15 +97,14 @@ def relay_process(directory: Path, **settings: str) -> Iterator[RelayProcess]:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        token = _wait_ready(proc, log, url)
+        token = _wait_ready(proc, log, url, admin_token)
         yield RelayProcess(url, token, log, proc)
     finally:
         stop_process(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log: Path, url: str) -> str:
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, url: str, token: str = "") -> str:
     deadline = time.monotonic() + 30
-    token = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the relay exited with {proc.returncode}:\n{log.read_text()}")

@@ -1,0 +1,142 @@
+"""The online work of the ``liaison cell`` commands, run here or in the home's link holder.
+
+Each operation is ``async def op(cell, params) -> result`` with JSON-able ``params`` and
+``result``, so it runs the same on a cell this process opened or, handed over through
+``<home>/cell.sock`` (``local_ipc``), on the cell of the process that holds the home's link
+(a running ``listen``, another command, an SDK program). The commands render the result the
+same way either way, so their output does not depend on where the work ran.
+
+:func:`run_op` is the CLI's entry: with a link holder it first checks locally that the state
+opens with the passphrase given (so a sealed home still needs it), then hands the request
+over; without one it opens the cell itself (becoming the holder for the command's duration)
+and does not wait long for the relay: a send is stored and reported ``queued``, the peer list
+comes from local state marked ``stale``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import local_ipc
+from .errors import ClientError, LinkHeld, RelayUnreachable
+from .state import Store
+
+if TYPE_CHECKING:
+    from .cell import Cell
+    from .core import CellCore
+
+__all__ = ["OPS", "REACH_TIMEOUT", "dispatch", "run_op"]
+
+REACH_TIMEOUT = 5.0
+"""Seconds a command waits for the relay before working from local state (``queued``,
+``stale``); a refused connection ends the wait at once."""
+HOLDER_TIMEOUT = 15.0
+"""Seconds a command waits for a starting link holder to answer on its socket."""
+FLUSH_TIMEOUT = 2.0
+"""Seconds a command that opened the link itself gives the relay to take its receipts."""
+
+Op = Callable[["Cell", dict[str, Any]], Awaitable[Any]]
+
+
+async def _fresh_peers(cell: Cell) -> bool:
+    """Refresh the peer list from the relay if it answers soon; whether it did."""
+    if await cell.wait_link_state(REACH_TIMEOUT) != "online":
+        return False
+    try:
+        async with asyncio.timeout(REACH_TIMEOUT):
+            await cell.refresh_peers()
+    except (TimeoutError, RelayUnreachable):
+        return False
+    return True
+
+
+async def op_send(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+    body: str | bytes = params["text"] if "text" in params else bytes.fromhex(params["hex"])
+    state = await cell.wait_link_state(REACH_TIMEOUT)
+    message_id = await cell.send(
+        params["peer"], body, precedence=params["precedence"], ttl=int(params["ttl"]),
+        marking=params["marking"],
+    )  # fmt: skip
+    if state == "online" and cell.online:
+        status = await cell.wait_status(message_id, params["wait"], float(params["timeout"]))
+    else:
+        status = await cell.status(message_id)
+    return {"message_id": message_id, "status": status}
+
+
+async def op_peers(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+    fresh = await _fresh_peers(cell)
+    return {"peers": [asdict(p) for p in cell.peers()], "stale": not fresh}
+
+
+async def op_safety_number(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+    fresh = await _fresh_peers(cell)
+    return {"safety_number": cell.safety_number(params["peer"]), "stale": not fresh}
+
+
+async def op_verify(cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+    fresh = await _fresh_peers(cell)
+    peer = await cell.verify(params["peer"], accept_new_key=bool(params["accept_new_key"]))
+    return {"peer": asdict(peer), "stale": not fresh}
+
+
+OPS: dict[str, Op] = {
+    "send": op_send,
+    "peers": op_peers,
+    "safety_number": op_safety_number,
+    "verify": op_verify,
+}
+
+
+async def dispatch(cell: CellCore, op: str, params: dict[str, Any]) -> Any:
+    """Run the operation ``op`` on ``cell`` (a request handed over by a sibling process)."""
+    from .cell import Cell
+
+    run = OPS.get(op)
+    if run is None or not isinstance(cell, Cell):
+        raise ValueError(f"unknown hand-off operation {op!r}")
+    return await run(cell, params)
+
+
+async def run_op(
+    home: Path, passphrase: str | None, op: str, params: dict[str, Any], **options: Any
+) -> Any:
+    """Run ``op`` in this home's link holder if there is one, else on a cell opened here."""
+    from .cell import Cell
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HOLDER_TIMEOUT
+    while True:
+        connection = await local_ipc.connect(home)
+        if connection is not None:
+            try:  # the state must open with what this command was given
+                await asyncio.to_thread(_check_state, home, passphrase)
+            except BaseException:
+                connection[1].close()
+                raise
+            return await local_ipc.exchange(connection, op, params)
+        cell = Cell.open(home, passphrase, wait_connected=None, linger=0, **options)
+        try:
+            await cell.start()
+        except LinkHeld:  # a holder is starting: its socket answers in a moment
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            result = await OPS[op](cell, params)
+            if cell.online:
+                with contextlib.suppress(ClientError):
+                    await cell.flush(FLUSH_TIMEOUT)
+            return result
+        finally:
+            await cell.aclose()
+
+
+def _check_state(home: Path, passphrase: str | None) -> None:
+    Store.open(home, passphrase).close()
