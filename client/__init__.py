@@ -10,13 +10,16 @@ from __future__ import annotations
 from .cell import Cell
 from .errors import (
     AlreadyEnrolled,
+    AlreadyListening,
     BadCode,
     CellReplaced,
     CellRevoked,
     CellSuspended,
     ClientError,
     CorruptState,
+    HandoffFailed,
     KeyChanged,
+    LinkHeld,
     MessageTooLarge,
     NotEnrolled,
     NotPaired,
@@ -35,6 +38,7 @@ from .transport import MemoryTransport, Transport, WebSocketTransport
 
 __all__ = [
     "AlreadyEnrolled",
+    "AlreadyListening",
     "BadCode",
     "Cell",
     "CellReplaced",
@@ -42,7 +46,9 @@ __all__ = [
     "CellSuspended",
     "ClientError",
     "CorruptState",
+    "HandoffFailed",
     "KeyChanged",
+    "LinkHeld",
     "MemoryTransport",
     "Message",
     "MessageTooLarge",

@@ -8,6 +8,7 @@
     async with Cell.open(home) as cell:                 # loads state, connects, authenticates
         message_id = await cell.send("fr-paris", "text", precedence="immediate", ttl=3600)
         await cell.status(message_id)                   # queued|accepted|delivered|read|...
+        await cell.flush(timeout=10)                    # ids the relay has not accepted yet
         cell.gaps()                                     # messages from peers that never came
         async for message in cell.messages():           # each message once, across restarts
             await message.mark_read()                   # encrypted read receipt
@@ -85,7 +86,11 @@ class Cell(CellCore):
     Options (keywords of :meth:`open`): ``transport`` (default: WebSocket to the enrolled
     server), ``connect=False`` to use the state offline, ``wait_connected`` seconds to wait for
     the first link on entry (``None``: do not wait), ``request_timeout`` for bundle and peer
-    requests, ``receipt_ttl`` seconds, ``backoff=(base, cap)`` seconds, ``ping_interval``.
+    requests, ``receipt_ttl`` seconds, ``backoff=(base, cap)`` seconds, ``ping_interval``,
+    ``linger`` seconds that closing waits for the link and the relay to take the outbox
+    (default 5; what it leaves queued is in ``left_queued``; ``flush()`` waits explicitly).
+    One process per home holds the link: with ``connect=True`` opening raises ``LinkHeld``
+    if another has it (see ``local_ipc``).
     """
 
     # -- construction ------------------------------------------------------------------------

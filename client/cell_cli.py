@@ -218,7 +218,10 @@ def send(
 def listen(ctx: Context, count: int | None, timeout: float | None, no_read: bool) -> None:
     """Print incoming messages and send read receipts. A message counts as handed over only
     once it has been printed (and flushed): after a crash or a kill it is printed again by the
-    next ``listen``, never lost (at least once; the message id tells repeats apart)."""
+    next ``listen``, never lost (at least once; the message id tells repeats apart).
+
+    One listen per home (a second exits with 28); the home's other commands run beside it.
+    With the relay down it waits and retries ("relay unreachable, retrying" on stderr)."""
 
     async def go(passphrase: str | None) -> int:
         seen = 0
