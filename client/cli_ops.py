@@ -35,7 +35,7 @@ __all__ = ["OPS", "REACH_TIMEOUT", "dispatch", "run_op"]
 REACH_TIMEOUT = 5.0
 """Seconds a command waits for the relay before working from local state (``queued``,
 ``stale``); a refused connection ends the wait at once."""
-HOLDER_TIMEOUT = 15.0
+HOLDER_TIMEOUT = 30.0
 """Seconds a command waits for a starting link holder to answer on its socket."""
 FLUSH_TIMEOUT = 2.0
 """Seconds a command that opened the link itself gives the relay to take its receipts."""
@@ -111,6 +111,7 @@ async def run_op(
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HOLDER_TIMEOUT
+    pause = 0.05
     while True:
         connection = await local_ipc.connect(home)
         if connection is not None:
@@ -126,7 +127,8 @@ async def run_op(
         except LinkHeld:  # a holder is starting: its socket answers in a moment
             if loop.time() >= deadline:
                 raise
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(0.5, pause * 2)
             continue
         try:
             result = await OPS[op](cell, params)

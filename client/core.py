@@ -57,6 +57,8 @@ PREKEY_TARGET = 100
 RECEIPT_COALESCE = 0.05
 """Seconds the receipt task waits after a message so that a burst shares one receipt."""
 GAP_GRACE = 120.0
+HANDOFF_GRACE = 10.0
+"""Seconds a closing link holder gives the requests other processes handed it to finish."""
 LINGER = 5.0
 """Seconds ``aclose`` (leaving ``async with``) waits by default for the link and for the relay
 to accept what the outbox holds (the ``linger`` keyword of ``Cell.open``)."""
@@ -169,6 +171,8 @@ class CellCore:
         outbox is resent on the next open), stop the link and the receipt task, close the
         state file. Returns the ids of the messages left queued (also ``left_queued``; with a
         link and ``linger`` > 0, a warning is logged with their count). Idempotent."""
+        if self._holder is not None and not self._closed:  # requests in progress finish first
+            await self._holder.stop_serving(HANDOFF_GRACE)
         if not self._closed and self._store is not None:
             left: list[bytes] = []
             with contextlib.suppress(ClientError):
@@ -233,26 +237,30 @@ class CellCore:
     @property
     def link_state(self) -> str:
         """``online``, ``connecting`` (no attempt has failed yet), ``unreachable`` (the last
-        attempt failed; it is retried with backoff) or ``offline`` (``connect=False``)."""
+        attempt failed; it is retried with backoff), ``stopped`` (for good: revoked, suspended,
+        replaced) or ``offline`` (``connect=False``)."""
         runner = self._runner
         if runner is None:
             return "offline"
+        if runner.fatal is not None:
+            return "stopped"
         if runner.link is not None:
             return "online"
         return "connecting" if runner.last_error is None else "unreachable"
 
     async def wait_link_state(self, timeout: float) -> str:
         """Wait up to ``timeout`` seconds until the link is up or an attempt failed; the
-        :attr:`link_state` then (the relay is not waited on longer than that)."""
+        :attr:`link_state` then (the relay is not waited on longer than that). Raises the
+        link's fatal error (``CellRevoked``, ...) if it has one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             waiter = self._changed.waiter()
+            self._raise_fatal()  # revoked, suspended: the relay said so, not "unreachable"
             state = self.link_state
             remaining = deadline - loop.time()
             if state != "connecting" or remaining <= 0:
                 return state
-            self._raise_fatal()
             await wait_event(waiter, remaining)
 
     async def _handoff(self, op: str, params: dict[str, Any]) -> Any:

@@ -211,9 +211,15 @@ class Holder:
                 if task is not None:
                     self._handlers.discard(task)
 
-        with _unix_path(path) as name:
-            self._server = await asyncio.start_unix_server(serve_one, name, limit=MAX_LINE)
-        os.chmod(path, 0o600)
+        try:
+            with _unix_path(path) as name:
+                self._server = await asyncio.start_unix_server(serve_one, name, limit=MAX_LINE)
+            os.chmod(path, 0o600)
+        except OSError as exc:  # the link still works; other commands wait for the lock
+            log.warning("cannot serve %s: %s", path, exc.strerror or exc)
+            if self._server is not None:
+                self._server.close()
+                self._server = None
 
     async def _serve_one(
         self, handler: Handler, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -239,16 +245,26 @@ class Holder:
         finally:
             writer.close()
 
+    async def stop_serving(self, grace: float) -> None:
+        """Take no new requests (the socket goes; a newcomer waits for the link lock and then
+        opens its own link) and give those in progress up to ``grace`` seconds to finish."""
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(OSError):
+            (self.home / SOCKET).unlink()
+        self._server = None
+        if self._handlers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*self._handlers, return_exceptions=True)
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
     async def aclose(self) -> None:
-        """Stop serving, remove the socket, release the link lock. Idempotent."""
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._handlers):
-                task.cancel()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-            with contextlib.suppress(OSError):
-                (self.home / SOCKET).unlink()
-            self._server = None
+        """Stop serving at once, remove the socket, release the link lock. Idempotent."""
+        await self.stop_serving(0)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
