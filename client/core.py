@@ -165,11 +165,11 @@ class CellCore:
         if self._wait_connected:
             await self._runner.wait_online(self._wait_connected)
 
-    async def aclose(self) -> list[str]:
+    async def aclose(self) -> None:
         """Close the cell: seal pending receipts, give the link up to ``linger`` seconds to
         come up and the relay to accept what the outbox holds (nothing is lost without it: the
         outbox is resent on the next open), stop the link and the receipt task, close the
-        state file. Returns the ids of the messages left queued (also ``left_queued``; with a
+        state file. The ids of the messages left queued are then in ``left_queued`` (with a
         link and ``linger`` > 0, a warning is logged with their count). Idempotent."""
         if self._holder is not None and not self._closed:  # requests in progress finish first
             await self._holder.stop_serving(HANDOFF_GRACE)
@@ -204,7 +204,6 @@ class CellCore:
             self._store.close()
         self._store, self._runner = None, None
         self._changed.fire()
-        return self.left_queued
 
     async def _drain(self, timeout: float) -> list[bytes]:
         """Wait up to ``timeout`` seconds for the link (if it is down) and for the relay to

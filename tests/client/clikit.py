@@ -31,6 +31,7 @@ __all__ = [
     "RelayProcess",
     "free_port",
     "relay_process",
+    "relay_process_at",
     "stop_process",
 ]
 
@@ -76,16 +77,21 @@ def _base_env() -> dict[str, str]:
 
 
 @contextmanager
-def relay_process(
-    directory: Path, *, port: int | None = None, admin_token: str = "", **settings: str
-) -> Iterator[RelayProcess]:
+def relay_process(directory: Path, **settings: str) -> Iterator[RelayProcess]:
     """``liaison server run`` on 127.0.0.1:<free port>, state in ``directory``.
 
-    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay. To restart a
-    relay on its state, give its ``port`` and ``admin_token`` (printed only on a first start).
-    """
+    ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay."""
+    with relay_process_at(directory, free_port(), "", **settings) as running:
+        yield running
+
+
+@contextmanager
+def relay_process_at(
+    directory: Path, port: int, admin_token: str, **settings: str
+) -> Iterator[RelayProcess]:
+    """``relay_process`` on a given ``port``; to restart a relay on its state, give the port
+    and the ``admin_token`` of its first start (a restart prints none)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port() if port is None else port
     log = directory / "relay.log"
     env = _base_env() | {f"LIAISON_{k.upper()}": v for k, v in settings.items()}
     command = [

@@ -26,7 +26,15 @@ from typing import IO, Any
 
 import pytest
 
-from .clikit import LIAISON, Cli, RelayProcess, free_port, relay_process, stop_process
+from .clikit import (
+    LIAISON,
+    Cli,
+    RelayProcess,
+    free_port,
+    relay_process,
+    relay_process_at,
+    stop_process,
+)
 
 DEADLINE = 60.0
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -198,7 +206,7 @@ def restartable(tmp_path: Path) -> Callable[[], Any]:
     token: list[str] = []
 
     def start() -> Any:
-        return relay_process(directory, port=port, admin_token="".join(token))
+        return relay_process_at(directory, port, "".join(token))
 
     with start() as first:
         token.append(first.admin_token)
