@@ -380,3 +380,29 @@ def test_the_readme_sdk_snippet_runs_as_written(cli: Cli, tmp_path: Path) -> Non
     assert "Roger" in result.stdout, result.stdout
     got = cli.cell(berlin, "--json", "listen", "--count", "1", "--timeout", "60")
     assert json.loads(got)["body"] == "Convoy departs 0600Z"
+
+
+def test_commands_started_together_share_one_link(cli: Cli, tmp_path: Path) -> None:
+    """Several commands of one home started at once, no listen running: one opens the link,
+    the others hand their work to it (or wait for it and then open theirs); none replaces
+    another, and every message arrives."""
+    paris = enrolled(cli, tmp_path, "tg-paris")
+    berlin = enrolled(cli, tmp_path, "tg-berlin")
+    cli.pair("tg-paris", "tg-berlin")
+    cli.cell_json(paris, "peers")
+    bodies = [f"together {i}" for i in range(4)]
+    procs = [
+        subprocess.Popen([LIAISON, "cell", "--home", str(paris), "--json", "send", "tg-berlin",
+                          body], env=cli.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for body in bodies
+    ]  # fmt: skip
+    peers = cli.cell_json(paris, "peers")  # and one more command beside them
+    assert [p["name"] for p in peers] == ["tg-berlin"]
+    for proc in procs:
+        out, err = proc.communicate(timeout=DEADLINE * 2)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+        assert json.loads(out)["status"] == "accepted"
+    lines = cli.cell(berlin, "--json", "listen", "--count", "4", "--timeout", "60")
+    assert sorted(json.loads(line)["body"] for line in lines.splitlines()) == bodies
