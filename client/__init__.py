@@ -10,13 +10,16 @@ from __future__ import annotations
 from .cell import Cell
 from .errors import (
     AlreadyEnrolled,
+    AlreadyListening,
     BadCode,
     CellReplaced,
     CellRevoked,
     CellSuspended,
     ClientError,
     CorruptState,
+    HandoffFailed,
     KeyChanged,
+    LinkHeld,
     MessageExpired,
     MessageTooLarge,
     NotEnrolled,
@@ -39,6 +42,7 @@ from .transport import MemoryTransport, Transport, WebSocketTransport
 
 __all__ = [
     "AlreadyEnrolled",
+    "AlreadyListening",
     "BadCode",
     "Cell",
     "CellReplaced",
@@ -46,7 +50,9 @@ __all__ = [
     "CellSuspended",
     "ClientError",
     "CorruptState",
+    "HandoffFailed",
     "KeyChanged",
+    "LinkHeld",
     "MemoryTransport",
     "Message",
     "MessageExpired",

@@ -8,6 +8,7 @@
     async with Cell.open(home) as cell:                 # loads state, connects, authenticates
         message_id = await cell.send("fr-paris", "text", precedence="immediate", ttl=3600)
         await cell.status(message_id)                   # queued|accepted|delivered|read|...
+        await cell.flush(timeout=10)                    # ids the relay has not accepted yet
         cell.gaps()                                     # messages from peers that never came
         async for message in cell.messages():           # each message once, across restarts
             await message.mark_read()                   # encrypted read receipt
@@ -41,7 +42,7 @@ import httpx
 
 from liaison.protocol import frames as f
 from liaison.protocol.bundle import PrekeyBundle
-from liaison.protocol.envelope import ContentType
+from liaison.protocol.envelope import ContentType, Precedence
 from liaison.protocol.errors import LiaisonError
 from liaison.protocol.fingerprint import cell_safety_number, format_safety_number
 from liaison.protocol.session import Session, initiate
@@ -96,7 +97,11 @@ class Cell(CellCore):
     Options (keywords of :meth:`open`): ``transport`` (default: WebSocket to the enrolled
     server), ``connect=False`` to use the state offline, ``wait_connected`` seconds to wait for
     the first link on entry (``None``: do not wait), ``request_timeout`` for bundle and peer
-    requests, ``receipt_ttl`` seconds, ``backoff=(base, cap)`` seconds, ``ping_interval``.
+    requests, ``receipt_ttl`` seconds, ``backoff=(base, cap)`` seconds, ``ping_interval``,
+    ``linger`` seconds that closing waits for the link and the relay to take the outbox
+    (default 5; what it leaves queued is in ``left_queued``; ``flush()`` waits explicitly).
+    One process per home holds the link: with ``connect=True`` opening raises ``LinkHeld``
+    if another has it (see ``local_ipc``).
     """
 
     # -- construction ------------------------------------------------------------------------
@@ -196,7 +201,10 @@ class Cell(CellCore):
 
         ``file_name`` sends ``body`` (bytes) as a file with that name (one path component,
         content type FILE, SPEC.md §9.4); the receiver gets it as ``Message.file_name``. A
-        body that fits no envelope raises ``MessageTooLarge`` with ``size`` and ``limit``."""
+        body that fits no envelope raises ``MessageTooLarge`` with ``size`` and ``limit``.
+        With no session with the peer yet and the relay not reached (offline, or
+        ``connect=False``), the message is stored too — its body sealed at rest — and sealed
+        into an envelope once the link is up and the peer's bundle is fetched."""
         store = self._require_store()
         self._raise_fatal()
         ctype, payload = _encode_body(body, content_type, file_name)
@@ -204,14 +212,20 @@ class Cell(CellCore):
         if ttl <= 0:
             raise ValueError("ttl must be a positive number of seconds")
         row = await self._resolve(peer)
+        expires_at = int(time.time()) + ttl
         async with self._lock_for(row.cell_id):
             if resets.is_pending(store, row.cell_id):  # never seal on a session to be reset
                 await self._reset_locked(row)
             sessions = tables.sessions_for(store, row.cell_id)
             new: Session | None = None
             pin = None
+            if tables.outbox_pending(store, row.cell_id) or (not sessions and not self.online):
+                return self._store_pending(row, ctype, payload, prec, expires_at, marking)
             if not sessions:
-                new, pin = await self._start_session(row)
+                try:
+                    new, pin = await self._start_session(row)
+                except RelayUnreachable:  # the link dropped meanwhile: stored all the same
+                    return self._store_pending(row, ctype, payload, prec, expires_at, marking)
                 sessions = tables.sessions_for(store, row.cell_id)  # one may have arrived
             if sessions:  # no await from here to the commit: nothing else touches the session
                 session, row_id, pin = sessions[0].load(), sessions[0].id, None
@@ -221,7 +235,7 @@ class Cell(CellCore):
             try:
                 message_id, envelope = outgoing.seal_into_outbox(
                     store, session, row_id, content_type=ctype, payload=payload,
-                    precedence=prec, expires_at=int(time.time()) + ttl, marking=marking, pin=pin,
+                    precedence=prec, expires_at=expires_at, marking=marking, pin=pin,
                 )  # fmt: skip
             except MessageTooLarge as exc:
                 raise _too_large(exc, body, file_name) from None
@@ -229,10 +243,74 @@ class Cell(CellCore):
         self._queue_transmit(message_id, envelope)  # never waits on the network
         return message_id.hex()
 
+    def _store_pending(
+        self, row: PeerRow, ctype: ContentType, payload: bytes, prec: Precedence,
+        expires_at: int, marking: str,
+    ) -> str:  # fmt: skip
+        message_id = outgoing.store_pending(
+            self._require_store(), row.cell_id, content_type=ctype, payload=payload,
+            precedence=prec, expires_at=expires_at, marking=marking,
+        )  # fmt: skip
+        self._changed.fire()
+        if self.online:
+            self._pending_due.set()
+        return message_id.hex()
+
+    async def _seal_pending(self) -> None:
+        """Seal the sends stored without a session, in order, once the link is live: fetch
+        the peer's bundle (checked like any), seal under the stored id, send. A refusal that
+        will not change (not paired, revoked, no prekeys) fails the message; a key change
+        keeps it queued until the new key is accepted; an unreachable relay, until the next
+        link."""
+        store = self._require_store()
+        now = int(time.time())
+        blocked: set[bytes] = set()
+        for pending in tables.outbox_pending(store):
+            if pending.peer in blocked or not self._is_open():
+                continue
+            if pending.expires_at <= now:
+                with store.transaction():
+                    tables.outbox_finish(store, pending.message_id, "expired",
+                                         "expired before sending")  # fmt: skip
+                self._changed.fire()
+                continue
+            row = tables.peer_by_id(store, pending.peer)
+            try:
+                if row is None:
+                    raise NotPaired(pending.peer.hex())
+                if row.pending_identity is not None:
+                    raise KeyChanged(row.label)
+                if row.status == "revoked":
+                    raise PeerRevoked(row.label)
+                if not row.paired:
+                    raise NotPaired(row.label)
+                async with self._lock_for(row.cell_id):
+                    sessions = tables.sessions_for(store, row.cell_id)
+                    pin = None
+                    if sessions:
+                        session, row_id = sessions[0].load(), sessions[0].id
+                    else:
+                        session, pin = await self._start_session(row)
+                        row_id = None
+                        if tables.sessions_for(store, row.cell_id):  # one arrived meanwhile
+                            current = tables.sessions_for(store, row.cell_id)[0]
+                            session, row_id, pin = current.load(), current.id, None
+                    envelope = outgoing.seal_pending(store, session, row_id, pending, pin)
+            except (KeyChanged, RelayUnreachable):
+                blocked.add(pending.peer)  # tried again later, in order
+                continue
+            except ClientError as exc:
+                with store.transaction():
+                    tables.outbox_finish(store, pending.message_id, "failed", exc.code)
+                self._changed.fire()
+                continue
+            self._changed.fire()
+            self._queue_transmit(pending.message_id, envelope)
+
     async def _resolve(self, peer: str) -> PeerRow:
         store = self._require_store()
         row = _find_peer(store, peer)
-        if row is None and self._runner is not None:
+        if row is None and self._runner is not None and self.link_state != "unreachable":
             await self.refresh_peers()
             row = _find_peer(store, peer)
         if row is None:
@@ -568,6 +646,7 @@ class Cell(CellCore):
                 if outcome.receipt_due or outcome.gap_changed:
                     self._receipts_due.set()
             self._yield_upto = tables.inbox_last_id(store)  # these were ACKed long ago
+            self._pending_due.set()  # sends stored for this peer can be sealed now
         elif row.identity is None:
             raise PeerUnavailable(row.label, f"{row.label!r} has no identity key yet")
         else:

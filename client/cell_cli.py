@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import click
 
-from . import cell_io
+from . import cell_io, cli_ops, listening
 from .cell import Cell
 from .errors import ClientError, PassphraseRequired
+from .listening import STALE_NOTE, local_note
 from .models import Message, OutboxEntry, Peer
 from .notices import Notice
 from .render import indent_body, safe_label, safe_text
@@ -167,12 +168,19 @@ def cell(ctx: click.Context, home: Path | None, as_json: bool) -> None:
     16 corrupted state, 17 this cell revoked, 18 suspended, 19 not enrolled,
     20 already enrolled, 21 replaced by another process, 22 peer revoked,
     23 peer has no prekeys, 24 message too large, 25 unknown message, 26 protocol error,
-    27 state in use by another process, 31 status asked for (send --wait) not reached in
-    time, 32 the relay refused the message (send failed), 33 the message expired,
-    34 safety number mismatch (nothing verified or accepted), 35 backup cannot be written,
-    36 not a cell backup, 37 the home's state forbids it (restore over an enrolled
-    home, seal a sealed one), 38 relocate: the relay at the new URL has another key,
-    130 interrupted (Ctrl-C), 1 other.
+    27 state in use by another process, 28 another process is receiving (listen),
+    29 another process holds the link (SDK), 30 the process holding the link did not answer,
+    31 status asked for (send --wait) not reached in time, 32 the relay refused the message
+    (send failed), 33 the message expired, 34 safety number mismatch (nothing verified or
+    accepted), 35 backup cannot be written, 36 not a cell backup, 37 the home's state forbids
+    it (restore over an enrolled home, seal a sealed one), 38 relocate: the relay at the new
+    URL has another key, 130 interrupted (Ctrl-C), 1 other.
+
+    \b
+    While a process holds this home's link (a running listen), the other commands hand their
+    work to it over <home>/cell.sock and print the same output. With the relay down, send
+    stores the message and prints queued; peers, safety-number, verify, outbox, history and
+    inbox work from local state (a note on stderr says it may be stale).
     """
     import os
 
@@ -273,22 +281,24 @@ def send(
         body, name = cell_io.read_body(text, path, file_name, marking)
     except ClientError as exc:
         cell_io.fail(exc)
+    params: dict[str, Any] = {"peer": peer, "precedence": precedence, "ttl": ttl,
+                              "marking": marking, "wait": wait, "timeout": timeout,
+                              "file_name": name}  # fmt: skip
+    params |= {"text": body} if isinstance(body, str) else {"hex": body.hex()}
 
-    async def go(passphrase: str | None) -> tuple[str, str, ClientError | None]:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            message_id = await opened.send(
-                peer, body, precedence=precedence, ttl=ttl, marking=marking, file_name=name
-            )
-            status, problem = await cell_io.outcome(opened, message_id, wait, timeout)
-            return message_id, status, problem
+    async def go(passphrase: str | None) -> tuple[str, str, dict[str, Any] | None]:
+        # Stored first, then sent: here, or by the process holding this home's link.
+        result = await cli_ops.run_op(ctx.home, passphrase, "send", params)
+        return result["message_id"], result["status"], result.get("problem")
 
     message_id, status, problem = ctx.run(go)
     if ctx.json:
         click.echo(_dump({"message_id": message_id, "status": status}))
     else:
         click.echo(f"{message_id} {status}")
-    if problem is not None:
-        cell_io.fail(problem)
+    if problem is not None:  # the CLI's line for it, made where the work ran
+        click.echo(f"error: {problem['message']}", err=True)
+        sys.exit(int(problem["exit_code"]))
     if not ctx.json and status == "queued":
         click.echo("the relay was not reached; it is sent when this cell next connects", err=True)
 
@@ -337,12 +347,15 @@ def listen(
     characters, no leading dot, at most 120 bytes; "file-ID" without a name), "NAME-1.EXT",
     ... if taken; the line says "saved to DIR/NAME". A file printed again after a crash is
     saved again under a new name.
-    """
+
+    One listen per home (a second exits with 28); the home's other commands run beside it.
+    With the relay down it waits and retries ("relay unreachable, retrying" on stderr)."""
     show_notices = (not ctx.json) if notices is None else notices
 
     async def go(passphrase: str | None) -> int:
         seen = 0
-        async with Cell.open(ctx.home, passphrase) as opened:
+        # The one receiver of this home (else 28); waits out relay outages (listening.py).
+        async with listening.receiver(ctx.home, passphrase) as opened:
 
             async def announce() -> None:
                 async for notice in opened.notices():
@@ -391,8 +404,9 @@ def peers(ctx: Context) -> None:
     """The cells this cell shares a channel with, and their verification state."""
 
     async def go(passphrase: str | None) -> list[Peer]:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            return await _refreshed(opened, opened.refresh_peers)
+        result = await cli_ops.run_op(ctx.home, passphrase, "peers", {})
+        _stale_note(result)
+        return [Peer(**p) for p in result["peers"]]
 
     listed = ctx.run(go)
     if ctx.json:
@@ -414,14 +428,9 @@ def peers(ctx: Context) -> None:
         )
 
 
-async def _refreshed(opened: Cell, refresh: Callable[[], Awaitable[list[Peer]]]) -> list[Peer]:
-    """Fresh from the relay when it answers within a few seconds, else the cached list."""
-    try:
-        await opened.wait_connected(5.0)
-        async with asyncio.timeout(5.0):
-            return await refresh()
-    except (TimeoutError, ClientError):
-        return opened.peers()
+def _stale_note(result: dict[str, Any]) -> None:
+    if result.get("stale"):
+        click.echo(STALE_NOTE, err=True)
 
 
 @cell.command("safety-number")
@@ -433,9 +442,9 @@ def safety_number(ctx: Context, peer: str) -> None:
     is the pinned key's, ``new_safety_number`` the new key's or null)."""
 
     async def go(passphrase: str | None) -> cell_io.Numbers:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            await _refreshed(opened, opened.refresh_peers)
-            return cell_io.numbers(opened, peer)
+        result = await cli_ops.run_op(ctx.home, passphrase, "safety_number", {"peer": peer})
+        _stale_note(result)
+        return cell_io.Numbers(**result["numbers"])
 
     found = ctx.run(go)
     if ctx.json:
@@ -469,16 +478,16 @@ def verify(
     given = cell_io.digits(number)
 
     async def go(passphrase: str | None) -> Peer | cell_io.Numbers:
-        async with Cell.open(ctx.home, passphrase) as opened:
-            await _refreshed(opened, opened.refresh_peers)
-            found = cell_io.numbers(opened, peer)
-            if not accept_new_key or given is not None or found.new is None:
-                return await opened.verify(peer, accept_new_key=accept_new_key,
-                                           safety_number=given)  # fmt: skip
-            cell_io.show_numbers(found, err=ctx.json)
-            if not yes:
-                return found  # asked below, outside the event loop
-            return await opened.verify(peer, accept_new_key=True, safety_number=found.new)
+        params = {"peer": peer, "accept_new_key": accept_new_key, "safety_number": given,
+                  "yes": yes}  # fmt: skip
+        result = await cli_ops.run_op(ctx.home, passphrase, "verify", params)
+        _stale_note(result)
+        if "shown" in result:  # --yes: the number accepted, shown first
+            cell_io.show_numbers(cell_io.Numbers(**result["shown"]), err=ctx.json)
+        if "numbers" in result:  # asked below, outside the event loop
+            cell_io.show_numbers(cell_io.Numbers(**result["numbers"]), err=ctx.json)
+            return cell_io.Numbers(**result["numbers"])
+        return Peer(**result["peer"])
 
     result = ctx.run(go)
     if isinstance(result, cell_io.Numbers):
@@ -490,8 +499,9 @@ def verify(
         shown = result.new
 
         async def accept(passphrase: str | None) -> Peer:
-            async with Cell.open(ctx.home, passphrase) as opened:
-                return await opened.verify(peer, accept_new_key=True, safety_number=shown)
+            params = {"peer": peer, "accept_new_key": True, "safety_number": shown, "yes": False}
+            answer = await cli_ops.run_op(ctx.home, passphrase, "verify", params)
+            return Peer(**answer["peer"])
 
         result = ctx.run(accept)
     if ctx.json:
@@ -510,7 +520,9 @@ def outbox(ctx: Context, limit: int) -> None:
 
     async def go(passphrase: str | None) -> list[OutboxEntry]:
         async with Cell.open(ctx.home, passphrase, connect=False) as opened:
-            return opened.outbox(limit=limit)
+            entries = opened.outbox(limit=limit)
+        local_note(ctx.home)
+        return entries
 
     entries = ctx.run(go)
     if ctx.json:
@@ -524,6 +536,7 @@ def outbox(ctx: Context, limit: int) -> None:
         click.echo(f"{stamp} {e.message_id} {peer:<20} {e.precedence:<9} {e.status}{error}")
 
 
+from . import cell_history  # noqa: E402, F401 - registers ``history`` and ``inbox`` on ``cell``
 from .home_cli import register  # noqa: E402 - backup, restore, seal, passphrase, reset-session
 
 register(cell)

@@ -73,6 +73,8 @@ def cli_text(exc: ClientError) -> str:
     """The one-line text the CLI prints for ``exc`` (``error: `` is added by the caller):
     the SDK's text, except where the CLI has its own words (flags instead of parameters)
     and relay-controlled parts are escaped."""
+    if exc.relayed:  # worded (and escaped) by the process that ran the work
+        return str(exc)
     if isinstance(exc, KeyChanged):
         return (
             f"the identity key of {exc.peer!r} has changed: compare the new safety number "

@@ -36,10 +36,11 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from liaison.protocol import frames as f
 
-from . import channels, outgoing, tables
+from . import channels, local_ipc, outgoing, tables
 from .errors import ClientError, NotEnrolled
 from .link import Link, LinkFailed
 from .receive import receive
@@ -56,6 +57,11 @@ PREKEY_TARGET = 100
 RECEIPT_COALESCE = 0.05
 """Seconds the receipt task waits after a message so that a burst shares one receipt."""
 GAP_GRACE = 120.0
+HANDOFF_GRACE = 10.0
+"""Seconds a closing link holder gives the requests other processes handed it to finish."""
+LINGER = 5.0
+"""Seconds ``aclose`` (leaving ``async with``) waits by default for the link and for the relay
+to accept what the outbox holds (the ``linger`` keyword of ``Cell.open``)."""
 """Seconds a gap in a peer's channel numbers may stay open before its numbers count as
 missing and are reported (a lower precedence overtaken by higher ones closes it sooner)."""
 
@@ -75,7 +81,7 @@ class CellCore:
         receipt_ttl: int = 7 * 24 * 3600,
         backoff: tuple[float, float] = (0.5, 30.0),
         ping_interval: float = 30.0,
-        linger: float = 2.0,
+        linger: float = LINGER,
         gap_grace: float = GAP_GRACE,
     ) -> None:
         self.home = Path(home)
@@ -109,6 +115,12 @@ class CellCore:
         # The relay's explanation of each refused SEND heard by this process (message id hex
         # -> reason; relay-controlled text), for SendFailed: the outbox keeps only the code.
         self._refusals: dict[str, str] = {}
+        # Sends stored before a session existed, sealed once the link is up (cell.py).
+        self._pending_due = asyncio.Event()
+        self._pending_task: asyncio.Task[None] | None = None
+        self._holder: local_ipc.Holder | None = None
+        self.left_queued: list[str] = []
+        """The message ids the last ``aclose`` left queued (sent when the cell next connects)."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -141,6 +153,7 @@ class CellCore:
         self._receipts_due.set()  # receipts a crash left unsent
         if not self._connect:
             return
+        self._holder = local_ipc.Holder.acquire(self.home)  # LinkHeld: never replace a sibling
         self._runner = Runner(
             self._transport or WebSocketTransport.for_server(store.server_url),
             link_key=store.keys.link, relay_key=store.relay_key, cell_id=store.cell_id,
@@ -150,50 +163,129 @@ class CellCore:
         )  # fmt: skip
         self._runner.start()
         self._transmitter = asyncio.create_task(self._transmit_loop(), name="liaison-transmit")
+        self._pending_task = asyncio.create_task(self._pending_loop(), name="liaison-pending")
+        await self._holder.serve(self._handoff)
         if self._wait_connected:
             await self._runner.wait_online(self._wait_connected)
 
     async def aclose(self) -> None:
-        """Close the cell: seal pending receipts, give the relay up to ``linger`` seconds to
-        accept what the outbox holds (nothing is lost without it: the outbox is resent on the
-        next open), stop the link and the receipt task, close the state file. Idempotent."""
+        """Close the cell: seal pending receipts, give the link up to ``linger`` seconds to
+        come up and the relay to accept what the outbox holds (nothing is lost without it: the
+        outbox is resent on the next open), stop the link and the receipt task, close the
+        state file. The ids of the messages left queued are then in ``left_queued`` (with a
+        link and ``linger`` > 0, a warning is logged with their count). Idempotent."""
+        if self._holder is not None and not self._closed:  # requests in progress finish first
+            await self._holder.stop_serving(HANDOFF_GRACE)
         if not self._closed and self._store is not None:
+            left: list[bytes] = []
             with contextlib.suppress(ClientError):
-                await self._drain(self._linger)
+                left = await self._drain(self._linger)
+            self.left_queued = [m.hex() for m in left]
+            if left and self._linger > 0 and self._runner is not None:  # else: not asked to send
+                log.warning("%d message(s) left queued: sent when this cell next connects",
+                            len(left))  # fmt: skip
         self._closed = True
         for task in list(self._retries):
             task.cancel()
         await asyncio.gather(*self._retries, return_exceptions=True)
-        if self._transmitter is not None:
-            self._transmitter.cancel()
-            await asyncio.gather(self._transmitter, return_exceptions=True)
-            self._transmitter = None
+        for name in ("_transmitter", "_pending_task"):
+            task = getattr(self, name)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                setattr(self, name, None)
         if self._receipt_task is not None:  # first: it uses the state and the link
             self._receipt_task.cancel()
             await asyncio.gather(self._receipt_task, return_exceptions=True)
             self._receipt_task = None
         if self._runner is not None:
             await self._runner.aclose()
+        if self._holder is not None:  # after the link is down: the next holder's link is new
+            await self._holder.aclose()
+            self._holder = None
         if self._store is not None:
             self._store.close()
         self._store, self._runner = None, None
         self._changed.fire()
 
-    async def _drain(self, timeout: float) -> None:
+    async def _drain(self, timeout: float) -> list[bytes]:
+        """Wait up to ``timeout`` seconds for the link (if it is down) and for the relay to
+        accept every queued message and receipt; the user messages still queued then."""
         runner, store = self._runner, self._store
-        if runner is None or store is None or runner.link is None or timeout <= 0:
-            return
-        await self._flush_receipts()
+        if store is None:
+            return []
+        if runner is not None and timeout > 0:
+            if runner.link is not None:
+                await self._flush_receipts()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while runner.fatal is None and tables.outbox_queued(store):
+                waiter = self._changed.waiter()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await waiter.wait()
+        return tables.outbox_queued(store, include_receipts=False)
+
+    async def flush(self, timeout: float | None = None) -> list[str]:
+        """Wait up to ``timeout`` seconds (default: ``linger``) for the link and for the relay
+        to accept every queued message; the ids of those still queued (empty: all sent)."""
+        self._require_store()
+        left = await self._drain(self._linger if timeout is None else timeout)
+        return [m.hex() for m in left]
+
+    @property
+    def link_state(self) -> str:
+        """``online``, ``connecting`` (no attempt has failed yet), ``unreachable`` (the last
+        attempt failed; it is retried with backoff), ``stopped`` (for good: revoked, suspended,
+        replaced) or ``offline`` (``connect=False``)."""
+        runner = self._runner
+        if runner is None:
+            return "offline"
+        if runner.fatal is not None:
+            return "stopped"
+        if runner.link is not None:
+            return "online"
+        return "connecting" if runner.last_error is None else "unreachable"
+
+    async def wait_link_state(self, timeout: float) -> str:
+        """Wait up to ``timeout`` seconds until the link is up or an attempt failed; the
+        :attr:`link_state` then (the relay is not waited on longer than that). Raises the
+        link's fatal error (``CellRevoked``, ...) if it has one."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while runner.link is not None and runner.fatal is None and tables.outbox_unsent(store):
+        while True:
             waiter = self._changed.waiter()
+            self._raise_fatal()  # revoked, suspended: the relay said so, not "unreachable"
+            state = self.link_state
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if state != "connecting" or remaining <= 0:
+                return state
+            await wait_event(waiter, remaining)
+
+    async def _handoff(self, op: str, params: dict[str, Any]) -> Any:
+        """A request another process of this home handed over (``local_ipc``)."""
+        from .cli_ops import dispatch  # the CLI's operations, on this cell
+
+        return await dispatch(self, op, params)
+
+    async def _pending_loop(self) -> None:
+        while True:
+            await self._pending_due.wait()
+            self._pending_due.clear()
+            if not self._is_open():
                 return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await waiter.wait()
+            try:
+                await self._seal_pending()
+            except ClientError as exc:
+                log.warning("cannot seal stored sends yet: %s", exc.code)
+            except Exception:  # a bug must not end this for good: retried on the next link
+                log.exception("failed to seal stored sends")
+
+    async def _seal_pending(self) -> None:
+        """Seal and send the sends stored before a session existed (``Cell``)."""
 
     def _is_open(self) -> bool:
         return self._store is not None and not self._closed
@@ -229,6 +321,7 @@ class CellCore:
                 continue
             await link.send(f.SendFrame(envelope))
             self._sent_ids.add(message_id)
+        self._pending_due.set()  # stored sends without a session: sealed once this is live
         self._changed.fire()
 
     def _queue_transmit(self, message_id: bytes, envelope: bytes) -> None:

@@ -28,6 +28,9 @@ MessageTooLarge             ``message_too_large``         24   the body fits no 
 UnknownMessage              ``unknown_message``           25   no sent message with that id
 ProtocolFailure             ``protocol_error``            26   the relay broke the protocol
 StateLocked                 ``state_locked``              27   another process holds the file
+AlreadyListening            ``already_listening``         28   another process receives (listen)
+LinkHeld                    ``link_held``                 29   another process holds the link
+HandoffFailed               ``handoff_failed``            30   the link holder did not answer
 StatusTimeout               ``status_timeout``            31   ``wait_status`` timed out first
 SendFailed                  ``send_failed``               32   the relay refused the message
 MessageExpired              ``message_expired``           33   it expired before that status
@@ -50,6 +53,7 @@ from typing import ClassVar
 
 __all__ = [
     "AlreadyEnrolled",
+    "AlreadyListening",
     "BackupFailed",
     "BadBackup",
     "BadCode",
@@ -58,7 +62,9 @@ __all__ = [
     "CellSuspended",
     "ClientError",
     "CorruptState",
+    "HandoffFailed",
     "KeyChanged",
+    "LinkHeld",
     "MessageExpired",
     "MessageTooLarge",
     "NotEnrolled",
@@ -87,6 +93,9 @@ class ClientError(Exception):
     code: ClassVar[str] = "client_error"
     exit_code: ClassVar[int] = 1
     default_message: ClassVar[str] = "the operation failed"
+    relayed: bool = False
+    """Raised again from another process's answer (``error_for_code``): only the message
+    came across, already worded for the CLI; no other attribute of the class is set."""
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.default_message)
@@ -234,6 +243,35 @@ class StateLocked(ClientError):
     default_message = "the cell's state file is locked by another process"
 
 
+class AlreadyListening(ClientError):
+    """Exactly one process receives for a home (``liaison cell listen``)."""
+
+    code = "already_listening"
+    exit_code = 28
+    default_message = "another process is receiving for this home (a 'liaison cell listen')"
+
+
+class LinkHeld(ClientError):
+    """Another process of this home holds its link to the relay (a ``listen``, a CLI command
+    or an SDK program). Opening a second link would replace that one, so it is refused: run
+    beside it with ``connect=False``, or let the ``liaison`` CLI hand its work to it."""
+
+    code = "link_held"
+    exit_code = 29
+    default_message = (
+        "another process holds this home's link to the relay; use connect=False beside it"
+    )
+
+
+class HandoffFailed(ClientError):
+    """The process holding this home's link took a request and did not answer it (it ended
+    meanwhile). The request may or may not have been carried out: check (``outbox``)."""
+
+    code = "handoff_failed"
+    exit_code = 30
+    default_message = "the process holding this home's link did not answer; check the outbox"
+
+
 class _StatusError(ClientError):
     """About one sent message: ``message_id`` (hex) and the ``status`` it has."""
 
@@ -332,3 +370,18 @@ class RelayMismatch(ClientError):
     code = "relay_mismatch"
     exit_code = 38
     default_message = "the relay at that address has another key than the pinned one"
+
+
+def error_for_code(code: str, message: str) -> ClientError:
+    """A :class:`ClientError` of the class whose ``code`` is ``code`` (``ClientError`` if none
+    is), carrying ``message``: how an error crosses the local hand-off socket."""
+    pending: list[type[ClientError]] = [ClientError]
+    while pending:
+        kind = pending.pop()
+        if kind.code == code:
+            error = kind.__new__(kind)
+            Exception.__init__(error, message)
+            error.relayed = True
+            return error
+        pending.extend(kind.__subclasses__())
+    return ClientError(message)

@@ -32,7 +32,7 @@ from .errors import MessageTooLarge
 from .receive import MAX_RECEIPT_IDS, build_receipt
 from .state import Store
 
-__all__ = ["queue_receipts", "seal_into_outbox"]
+__all__ = ["queue_receipts", "seal_into_outbox", "seal_pending", "store_pending"]
 
 
 def seal_into_outbox(
@@ -71,9 +71,50 @@ def seal_into_outbox(
         tables.save_session(store, row_id, session, current=row_id is None)
         tables.outbox_add(store, message_id=message_id, peer=peer, envelope=envelope,
                           content_type=int(content_type), precedence=int(precedence),
-                          expires_at=expires_at)  # fmt: skip
+                          expires_at=expires_at, body=payload, marking=marking)  # fmt: skip
         channels.sealed(store, peer, seq, message_id)
     return message_id, envelope
+
+
+def store_pending(
+    store: Store, peer: bytes, *, content_type: ContentType, payload: bytes,
+    precedence: Precedence, expires_at: int, marking: str = "",
+) -> bytes:  # fmt: skip
+    """Store a send that cannot be sealed yet (no session with ``peer`` and the relay not
+    reached for its bundle): an outbox row with the payload sealed at rest and no envelope.
+    :func:`seal_pending` seals it once the bundle is fetched. Returns the message id."""
+    message_id = os.urandom(16)
+    with store.transaction():
+        tables.outbox_add(store, message_id=message_id, peer=peer, envelope=None,
+                          content_type=int(content_type), precedence=int(precedence),
+                          expires_at=expires_at, body=payload, marking=marking)  # fmt: skip
+    return message_id
+
+
+def seal_pending(
+    store: Store, session: Session, row_id: int | None, pending: tables.PendingRow,
+    pin: bytes | None = None,
+) -> bytes:  # fmt: skip
+    """Seal a pending send under its stored message id and commit (session, envelope, channel
+    number[, pin]) together, like :func:`seal_into_outbox`. Returns the envelope."""
+    peer = session.peer_cell_id
+    seq = channels.next_seq(store, peer)
+    try:
+        envelope = session.seal(ContentType(pending.content_type), pending.body,
+                                message_id=pending.message_id,
+                                precedence=Precedence(pending.precedence),
+                                expires_at=pending.expires_at, marking=pending.marking,
+                                seq=seq)  # fmt: skip
+    except ProtocolTooLarge as exc:
+        raise MessageTooLarge(str(exc)) from None
+    with store.transaction():
+        if pin is not None:
+            tables.ensure_peer(store, peer)
+            tables.pin_identity(store, peer, pin)
+        tables.save_session(store, row_id, session, current=row_id is None)
+        tables.outbox_set_envelope(store, pending.message_id, envelope)
+        channels.sealed(store, peer, seq, pending.message_id)
+    return envelope
 
 
 def queue_receipts(

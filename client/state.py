@@ -47,8 +47,16 @@ from liaison.protocol.keys import IdentityKeyPair, KemKeyPair, X25519KeyPair
 
 from .errors import CorruptState, NotEnrolled, PassphraseRequired, StateLocked, WrongPassphrase
 
-__all__ = ["CHANNEL_SCHEMA", "RESET_SCHEMA", "SCHEMA", "SEALED_COLUMNS", "STATE_FILE", "Keys",
-           "Store"]  # fmt: skip
+__all__ = [
+    "ADDED_COLUMNS",
+    "CHANNEL_SCHEMA",
+    "RESET_SCHEMA",
+    "SCHEMA",
+    "SEALED_COLUMNS",
+    "STATE_FILE",
+    "Keys",
+    "Store",
+]
 
 STATE_FILE = "cell.db"
 SCHEMA_VERSION = 1
@@ -100,7 +108,9 @@ CREATE TABLE outbox (
     status TEXT NOT NULL,              -- queued | accepted | delivered | read | expired | failed
     relay_seq INTEGER,
     error TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    body BLOB,                         -- sealed payload as sent (history); NULL for receipts
+    marking BLOB                       -- sealed marking as sent
 );
 CREATE INDEX outbox_status ON outbox (status, id);
 CREATE TABLE inbox (                   -- also the set of processed (sender, message id)
@@ -168,12 +178,21 @@ CREATE TABLE IF NOT EXISTS reset_sessions (  -- per peer: the session its last r
 """
 """Session resets waiting for a link (``resets``); idempotent like ``CHANNEL_SCHEMA``."""
 
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("outbox", "body", "BLOB"),
+    ("outbox", "marking", "BLOB"),
+)
+"""``(table, column, type)`` added to ``SCHEMA`` after state files were in use: opening an
+older file adds every missing one (``ALTER TABLE ... ADD COLUMN``, NULL in existing rows)."""
+
 SEALED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("secrets", "value"),
     ("one_time_prekeys", "private"),
     ("sessions", "state"),
     ("inbox", "body"),
     ("inbox", "marking"),
+    ("outbox", "body"),
+    ("outbox", "marking"),
 )
 """Every sealed column, as ``(table, column)``: :meth:`Store.reseal` re-seals exactly these
 (rows found by ``rowid``; NULL values stay NULL). A new sealed column MUST be added here, or
@@ -404,6 +423,19 @@ class Store:
         if not {"channels", "channel_sent", "gaps", "session_resets", "reset_sessions"} <= tables:
             with self.transaction():
                 for statement in _statements(CHANNEL_SCHEMA + RESET_SCHEMA):
+                    self.execute(statement)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Upgrade an older file in place: add the ``ADDED_COLUMNS`` it lacks."""
+        missing = []
+        for table, column, kind in ADDED_COLUMNS:
+            have = {str(row[1]) for row in self.query(f"PRAGMA table_info({table})")}
+            if column not in have:
+                missing.append(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        if missing:
+            with self.transaction():
+                for statement in missing:
                     self.execute(statement)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "KEEP_SESSIONS",
     "InboxRow",
     "PeerRow",
+    "PendingRow",
     "SessionRow",
 ]
 
@@ -234,14 +235,89 @@ def save_session(store: Store, row_id: int | None, session: Session, *, current:
 # -- outbox ---------------------------------------------------------------------------------------
 
 
-def outbox_add(store: Store, *, message_id: bytes, peer: bytes, envelope: bytes,
-               content_type: int, precedence: int, expires_at: int) -> None:  # fmt: skip
+def outbox_add(store: Store, *, message_id: bytes, peer: bytes, envelope: bytes | None,
+               content_type: int, precedence: int, expires_at: int,
+               body: bytes | None = None, marking: str = "") -> None:  # fmt: skip
+    """A new ``queued`` row. ``body``/``marking`` (a user message's payload, kept sealed for
+    the history); ``envelope=None``: *pending*, to be sealed once a session exists."""
     now = time.time()
     store.execute(
         "INSERT INTO outbox (message_id, peer, envelope, content_type, precedence, created_at, "
-        "expires_at, status, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-        (message_id, peer, envelope, content_type, precedence, now, expires_at, now),
+        "expires_at, status, updated_at, body, marking) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+        (message_id, peer, envelope, content_type, precedence, now, expires_at, now,
+         None if body is None else store.seal(body),
+         None if body is None else store.seal(marking.encode())),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A send stored before it could be sealed (no session with the peer yet, offline)."""
+
+    message_id: bytes
+    peer: bytes
+    content_type: int
+    precedence: int
+    expires_at: int
+    body: bytes
+    marking: str
+
+
+def outbox_pending(store: Store, peer: bytes | None = None) -> list[PendingRow]:
+    """Pending sends (queued, no envelope yet), in send order; of ``peer`` or of all."""
+    where = "" if peer is None else "AND peer = ?"
+    rows = store.query(
+        "SELECT message_id, peer, content_type, precedence, expires_at, body, marking FROM outbox "
+        f"WHERE status = 'queued' AND envelope IS NULL AND body IS NOT NULL {where} ORDER BY id",
+        () if peer is None else (peer,),
     )
+    return [PendingRow(bytes(m), bytes(p), int(c), int(pr), int(x), store.unseal(b),
+                       "" if k is None else store.unseal(k).decode(errors="replace"))
+            for m, p, c, pr, x, b, k in rows]  # fmt: skip
+
+
+def outbox_set_envelope(store: Store, message_id: bytes, envelope: bytes) -> bool:
+    """A pending send sealed at last: its envelope, to send like any other."""
+    return (
+        store.execute(
+            "UPDATE outbox SET envelope = ?, updated_at = ? WHERE message_id = ? "
+            "AND status = 'queued' AND envelope IS NULL",
+            (envelope, time.time(), message_id),
+        )
+        > 0
+    )
+
+
+def outbox_queued(store: Store, include_receipts: bool = True) -> list[bytes]:
+    """Message ids not accepted by the relay yet (sealed or pending), in send order."""
+    where = "" if include_receipts else "AND content_type != 3"
+    rows = store.query(f"SELECT message_id FROM outbox WHERE status = 'queued' {where} ORDER BY id")
+    return [bytes(m) for (m,) in rows]
+
+
+def outbox_sent_rows(
+    store: Store, peer: bytes | None, since: float | None, limit: int | None
+) -> list[tuple[Any, ...]]:
+    """User sends for the history, newest first: ``(id, message_id, peer, status, precedence,
+    content_type, created_at, body, marking, error)`` with body and marking unsealed."""
+    where: list[str] = ["content_type != 3"]
+    params: list[Any] = []
+    if peer is not None:
+        where.append("peer = ?")
+        params.append(peer)
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    rows = store.query(
+        "SELECT id, message_id, peer, status, precedence, content_type, created_at, body, "
+        f"marking, error FROM outbox WHERE {' AND '.join(where)} ORDER BY id DESC"
+        + ("" if limit is None else f" LIMIT {int(limit)}"),
+        params,
+    )
+    return [(*r[:7], None if r[7] is None else store.unseal(r[7]),
+             "" if r[8] is None else store.unseal(r[8]).decode(errors="replace"), r[9])
+            for r in rows]  # fmt: skip
 
 
 def outbox_unsent(store: Store) -> list[tuple[bytes, bytes, int]]:

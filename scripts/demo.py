@@ -2,8 +2,10 @@
 
 Starts a relay on a free loopback port in a temporary directory, lets an admin create two
 cells and a channel, enrolls both cells, sends one message in each precedence while the
-recipient is offline, lets the recipient listen (they arrive FLASH first), shows the sender's
-outbox moving to delivered and read, and compares safety numbers. Every command is printed
+recipient is offline, lets the recipient listen (they arrive FLASH first) and, while its
+listen runs, use its other commands beside it (they hand their work to the listen), shows
+the sender's outbox moving to delivered and read and its history, and compares safety
+numbers. Every command is printed
 with its output, as a person would type it. Everything is removed afterwards.
 """
 
@@ -122,21 +124,30 @@ def main() -> None:
                 )
 
             print("\n== de-berlin comes online and listens: FLASH first, then IMMEDIATE, ...")
-            run(
-                "cell",
-                "--home",
-                homes["de-berlin"],
-                "listen",
-                "--count",
-                "4",
-                "--timeout",
-                "20",
-                env=env,
+            listen_args = ("cell", "--home", homes["de-berlin"], "listen", "--count", "5",
+                           "--timeout", "60")  # fmt: skip
+            print(f"\n$ {' '.join(shlex.quote(a) for a in ('liaison', *listen_args))} &")
+            listener = subprocess.Popen(
+                [LIAISON, *listen_args], env=env, stdout=subprocess.PIPE, text=True
             )
+            assert listener.stdout is not None
+            for _ in range(4):
+                print(f"listen | {listener.stdout.readline().rstrip()}")
+
+            print("\n== while listen runs, de-berlin's other commands work beside it")
+            run("cell", "--home", homes["de-berlin"], "send", "fr-paris", "Received, thank you.",
+                env=env)  # fmt: skip
+            run("cell", "--home", homes["de-berlin"], "peers", env=env)
+            run("cell", "--home", homes["fr-paris"], "send", "de-berlin", "One more, live.",
+                env=env)  # fmt: skip
+            print(f"listen | {listener.stdout.readline().rstrip()}")
+            if listener.wait(60) != 0:
+                raise SystemExit(f"demo failed: listen exited with {listener.returncode}")
 
             print("\n== fr-paris reconnects: the receipts move its outbox to read")
             run("cell", "--home", homes["fr-paris"], "peers", env=env)
             run("cell", "--home", homes["fr-paris"], "outbox", env=env)
+            run("cell", "--home", homes["fr-paris"], "history", env=env)
 
             print("\n== both operators compare safety numbers out of band")
             a = run("cell", "--home", homes["fr-paris"], "safety-number", "de-berlin", env=env)

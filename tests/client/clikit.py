@@ -31,6 +31,7 @@ __all__ = [
     "RelayProcess",
     "free_port",
     "relay_process",
+    "relay_process_at",
     "stop_process",
 ]
 
@@ -84,8 +85,17 @@ def relay_process(
     ``settings`` become ``LIAISON_<NAME>`` environment variables of the relay. To start a
     relay again on the same ``directory`` (which prints no new admin token), pass the
     ``admin_token`` the first start printed."""
+    with relay_process_at(directory, free_port(), admin_token, **settings) as running:
+        yield running
+
+
+@contextmanager
+def relay_process_at(
+    directory: Path, port: int, admin_token: str = "", **settings: str
+) -> Iterator[RelayProcess]:
+    """``relay_process`` on a given ``port``; to restart a relay on its state, give the port
+    and the ``admin_token`` of its first start (a restart prints none)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log = directory / "relay.log"
     env = _base_env() | {f"LIAISON_{k.upper()}": v for k, v in settings.items()}
     command = [

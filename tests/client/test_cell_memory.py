@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from liaison.client import (
     CellSuspended,
     CorruptState,
     KeyChanged,
+    LinkHeld,
     MessageTooLarge,
     NotEnrolled,
     NotPaired,
@@ -374,8 +376,27 @@ async def test_suspended_cell(world: World) -> None:
         assert paris.online
 
 
-async def test_a_second_instance_replaces_the_first(world: World) -> None:
-    async with world.open(world.paris) as first, world.open(world.paris) as second:
+async def test_a_second_instance_of_a_home_is_refused(world: World) -> None:
+    """One link per home: a second open of the same home with connect=True raises LinkHeld
+    instead of replacing the first one's link; connect=False works beside it."""
+    async with world.open(world.paris) as first:
+        with pytest.raises(LinkHeld):
+            await world.open(world.paris).start()
+        async with world.open(world.paris, connect=False) as beside:
+            assert beside.outbox() == []
+        await first.send("berlin", "still linked")
+        assert await first.wait_status(await first.send("berlin", "x"), "accepted", 10) == (
+            "accepted"
+        )
+        assert first.online
+
+
+async def test_a_copy_of_the_home_elsewhere_replaces_the_link(world: World) -> None:
+    """The relay keeps one link per cell: a copy of the home in another directory (another
+    machine) replaces the first link (CellReplaced)."""
+    copy = world.paris.parent / "paris-copy"
+    shutil.copytree(world.paris, copy, ignore=shutil.ignore_patterns("*.lock", "*.sock"))
+    async with world.open(world.paris) as first, world.open(copy) as second:
         with pytest.raises(CellReplaced):
             await take(first, 1)
         assert second.online
