@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, fields
@@ -110,6 +111,11 @@ def _message_line(message: Message, saved: Path | None = None) -> str:
         body = message.body if isinstance(message.body, bytes) else None
         notice = describe_notice(message.error, message.sender, body)
         opened = f"(could not be opened: {safe_text(message.error)})"
+        if message.error == "key_changed":  # held, not lost: opened once the key is accepted
+            who = safe_text(shlex.quote(message.sender))
+            opened = (f"(held: the identity key of {safe_text(message.sender)} changed; "
+                      f"compare: liaison cell safety-number {who}, then: liaison cell verify "
+                      f"{who} --accept-new-key NEW-NUMBER; it is shown again then)")  # fmt: skip
         return f"{head} {safe_text(notice) if notice else opened}"
     if isinstance(message.body, bytes):
         return f"{head} {cell_io.file_note(message, saved)}"

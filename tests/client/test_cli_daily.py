@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,9 +29,7 @@ import pytest
 from .clikit import (
     LIAISON,
     Cli,
-    RelayProcess,
     free_port,
-    relay_process,
     relay_process_at,
     stop_process,
 )
@@ -117,17 +115,6 @@ def _pump(stream: IO[str], sink: queue.Queue[str | None]) -> None:
     for line in stream:
         sink.put(line.rstrip("\n"))
     sink.put(None)
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    with relay_process(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def cli(relay: RelayProcess) -> Cli:
-    return Cli(relay)
 
 
 def enrolled(cli: Cli, root: Path, name: str) -> Path:

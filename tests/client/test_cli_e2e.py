@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from .clikit import LIAISON, Cli, RelayProcess, free_port, relay_process
+from .clikit import LIAISON, Cli, free_port
 
 PRECEDENCE_ORDER = ["flash", "immediate", "priority", "routine"]
 MARKING = "NATO RESTRICTED"
@@ -28,17 +25,6 @@ BODIES = {
     "flash": "Airspace closure in sector 4 effective now.",
     "immediate": "Liaison officer arriving 1400Z.",
 }
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    with relay_process(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def cli(relay: RelayProcess) -> Cli:
-    return Cli(relay)
 
 
 def enrolled(cli: Cli, root: Path, name: str, *, passphrase: str | None = None) -> Path:

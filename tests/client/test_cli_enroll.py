@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -15,20 +14,9 @@ from liaison.client.cli import main
 from liaison.client.enroll import refusal
 from liaison.protocol.enrollment import EnrollmentCode
 
-from .clikit import LIAISON, Cli, RelayProcess, relay_process
+from .clikit import LIAISON, Cli
 
 ASK = "ask the admin for a new code: liaison admin cell code"
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    with relay_process(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def cli(relay: RelayProcess) -> Cli:
-    return Cli(relay)
 
 
 def _cell_commands() -> list[str]:

@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from liaison.protocol import frames as f
 from tests.cells import take
 from tests.reliability.malicious import MaliciousRelay, Tap
 
-from .clikit import Cli, RelayProcess, relay_process
+from .clikit import Cli
 from .faults import cell_keys
 from .relaykit import memory_relay
 
@@ -136,6 +136,12 @@ def test_names_and_errors_are_escaped_too() -> None:
     assert notice_has_no_controls(Notice("gap", "x\u202ey", first_seq=2, last_seq=4))
 
 
+def test_a_message_held_by_a_key_change_says_what_to_do() -> None:
+    line = _message_line(message(None, sender="de-berlin", error="key_changed"))
+    assert "(held: the identity key of de-berlin changed" in line
+    assert "liaison cell verify de-berlin --accept-new-key NEW-NUMBER" in line
+
+
 def notice_has_no_controls(notice: Notice) -> bool:
     return not any(dangerous(ch, body=False) for ch in _notice_line(notice))
 
@@ -159,17 +165,6 @@ def test_no_input_can_break_out_of_its_message(body: str, marking: str, sender: 
 
 
 # -- end to end: a hostile peer through a real relay ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
-    with relay_process(tmp_path_factory.mktemp("relay")) as running:
-        yield running
-
-
-@pytest.fixture
-def cli(relay: RelayProcess) -> Cli:
-    return Cli(relay)
 
 
 def enrolled(cli: Cli, root: Path, name: str) -> Path:
