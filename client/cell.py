@@ -278,12 +278,7 @@ class Cell(CellCore):
             try:
                 if row is None:
                     raise NotPaired(pending.peer.hex())
-                if row.pending_identity is not None:
-                    raise KeyChanged(row.label)
-                if row.status == "revoked":
-                    raise PeerRevoked(row.label)
-                if not row.paired:
-                    raise NotPaired(row.label)
+                _check_sendable(row)
                 async with self._lock_for(row.cell_id):
                     sessions = tables.sessions_for(store, row.cell_id)
                     pin = None
@@ -315,12 +310,7 @@ class Cell(CellCore):
             row = _find_peer(store, peer)
         if row is None:
             raise NotPaired(peer) if _is_cell_id(peer) else UnknownPeer(peer)
-        if row.pending_identity is not None:
-            raise KeyChanged(row.label)
-        if row.status == "revoked":
-            raise PeerRevoked(row.label)
-        if not row.paired:
-            raise NotPaired(row.label)
+        _check_sendable(row)
         return row
 
     async def _start_session(self, row: PeerRow) -> tuple[Session, bytes | None]:
@@ -717,6 +707,17 @@ class Cell(CellCore):
                         await self._reset_locked(row)
             except ClientError as exc:
                 log.warning("cannot reset the session with %s yet: %s", peer.hex(), exc.code)
+
+
+def _check_sendable(row: PeerRow) -> None:
+    """Raise why this cell may not send to the peer of ``row`` now, if it may not: a key
+    change waiting for the operator, a revoked peer, no channel any more."""
+    if row.pending_identity is not None:
+        raise KeyChanged(row.label)
+    if row.status == "revoked":
+        raise PeerRevoked(row.label)
+    if not row.paired:
+        raise NotPaired(row.label)
 
 
 def _is_cell_id(text: str) -> bool:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .cell import Cell
+    from .models import Gap
 
 __all__ = ["Notice", "NoticeKind", "watch"]
 
@@ -89,14 +90,13 @@ async def watch(cell: Cell) -> AsyncIterator[Notice]:
                 yield Notice("key_changed", p.name)
             if p.status == "revoked" and was_status != "revoked":
                 yield Notice("peer_revoked", p.name)
-        await cell.wait_change(waiter, _next_gap_deadline(cell))
+        await cell.wait_change(waiter, _next_gap_deadline(current, cell.gap_grace))
 
 
-def _next_gap_deadline(cell: Cell) -> float | None:
-    """Seconds until the next open gap becomes missing (``None``: no such gap)."""
-    pending = [g for g in cell.gaps() if not g.missing]
+def _next_gap_deadline(gaps: list[Gap], grace: float) -> float | None:
+    """Seconds until the next of ``gaps`` still open becomes missing (``None``: none)."""
+    pending = [g for g in gaps if not g.missing]
     if not pending:
         return None
-    grace = cell.gap_grace
     due = min(g.noticed_at.timestamp() + grace for g in pending)
     return max(0.05, due - time.time() + 0.05)

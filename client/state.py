@@ -339,14 +339,7 @@ class Store:
             for side in (path, *(path.with_name(STATE_FILE + s) for s in ("-wal", "-shm"))):
                 if side.exists() and stat.S_IMODE(side.stat().st_mode) != 0o600:
                     side.chmod(0o600)
-        db = cls._connect(path)
-        store = cls(db, path, _Sealer(None))
-        try:
-            store._unlock(passphrase)
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return cls._unlocked(cls._connect(path), path, passphrase)
 
     @classmethod
     def open_exclusive(cls, home: Path, passphrase: str | bytes | None) -> Store:
@@ -357,7 +350,11 @@ class Store:
         path = cls.path_for(home)
         if not path.is_file():
             raise NotEnrolled(f"no cell state in {home}")
-        db = cls._connect(path, exclusive=True)
+        return cls._unlocked(cls._connect(path, exclusive=True), path, passphrase)
+
+    @classmethod
+    def _unlocked(cls, db: sqlite3.Connection, path: Path, passphrase: str | bytes | None) -> Store:
+        """The store over ``db``, unlocked with ``passphrase`` (closed again if that fails)."""
         store = cls(db, path, _Sealer(None))
         try:
             store._unlock(passphrase)
